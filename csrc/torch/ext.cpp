@@ -1,0 +1,46 @@
+// pybind11 bindings of the C++ core into fusedlens._C. Only argument checks and
+// dtype dispatch live here; the numerics are in csrc/core.
+#include <torch/extension.h>
+
+#include "../core/gather_dot.h"
+
+namespace {
+
+torch::Tensor gather_dot(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& ids,
+                         const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu() && ids.device().is_cpu(),
+              "gather_dot: CPU tensors expected");
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && ids.dim() == 1, "gather_dot: x [rows, d], w [vocab, d], ids [rows]");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32, "gather_dot: x must be float32");
+  TORCH_CHECK(ids.scalar_type() == torch::kInt64, "gather_dot: ids must be int64");
+  TORCH_CHECK(x.size(1) == w.size(1) && x.size(0) == ids.size(0), "gather_dot: shape mismatch");
+  TORCH_CHECK(x.stride(1) == 1 && w.stride(1) == 1, "gather_dot: rows must be contiguous");
+  auto ids_c = ids.contiguous();
+  auto out = torch::empty({x.size(0)}, x.options());
+  torch::Tensor b;
+  if (bias.has_value()) {
+    b = bias->contiguous();
+    TORCH_CHECK(b.scalar_type() == w.scalar_type() && b.numel() == w.size(0), "gather_dot: bias must match w");
+  }
+  if (w.scalar_type() == torch::kFloat32) {
+    fusedlens::gather_dot<float>(x.data_ptr<float>(), x.stride(0), w.data_ptr<float>(), w.stride(0),
+                                 b.defined() ? b.data_ptr<float>() : nullptr, ids_c.data_ptr<int64_t>(),
+                                 out.data_ptr<float>(), x.size(0), x.size(1));
+  } else if (w.scalar_type() == torch::kBFloat16) {
+    auto cast = [](const torch::Tensor& t) { return reinterpret_cast<const fusedlens::bf16*>(t.data_ptr()); };
+    fusedlens::gather_dot<fusedlens::bf16>(x.data_ptr<float>(), x.stride(0), cast(w), w.stride(0),
+                                           b.defined() ? cast(b) : nullptr, ids_c.data_ptr<int64_t>(),
+                                           out.data_ptr<float>(), x.size(0), x.size(1));
+  } else {
+    TORCH_CHECK(false, "gather_dot: w must be float32 or bfloat16");
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fusedlens C++ CPU kernels";
+  m.def("gather_dot", &gather_dot, "out[r] = x[r] . w[ids[r]] (+ bias[ids[r]]), NaN where ids[r] < 0",
+        py::arg("x"), py::arg("w"), py::arg("ids"), py::arg("bias") = py::none());
+}

@@ -1,0 +1,129 @@
+"""The readable truth: every per-row lens statistic of DESIGN.md in plain torch.
+
+Run in float64 it is the oracle every kernel is tested against; in float32 it is
+the `torch` backend. Rows are (site, token): `hidden` is [sites, tokens, d_model]
+and its last site is the final layer, against which KL and agreement are taken.
+
+Tie rule (every backend follows it):
+  * top-k orders by logit descending, equal logits by ascending token id, so the
+    top-1 is the lowest id among the maxima;
+  * a rank counts the strictly larger logits: rank(v) = #{u : z_u > z_v}, so 0 is
+    the top and tied tokens share the best rank;
+  * prediction depth is the first site from which every later site's top-1 equals
+    the final top-1 (sites are counted from 0; the final site's own index is the
+    largest possible depth).
+Target ids equal to IGNORE_INDEX (-100) give NaN target statistics and rank -1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from ._checks import IGNORE_INDEX, check_ids, check_same_width, check_tensor
+from .readout import FinalNorm, Unembed
+
+
+@dataclass
+class LensStats:
+    """Per row [sites, tokens] unless noted; `topk_*` add a trailing k."""
+
+    lse: torch.Tensor
+    entropy: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_logits: torch.Tensor
+    target_logit: torch.Tensor | None
+    target_logprob: torch.Tensor | None
+    target_rank: torch.Tensor | None
+    kl_to_final: torch.Tensor
+    final_top1_rank: torch.Tensor
+    prediction_depth: torch.Tensor  # [tokens]
+
+    @property
+    def top1(self) -> torch.Tensor:
+        return self.topk_ids[..., 0]
+
+    def items(self):
+        return ((f.name, getattr(self, f.name)) for f in fields(self))
+
+    @classmethod
+    def cat(cls, parts: list["LensStats"], dim_tokens: bool = True) -> "LensStats":
+        """Join stats of consecutive token chunks."""
+        out = {}
+        for name, first in parts[0].items():
+            if first is None:
+                out[name] = None
+            else:
+                out[name] = torch.cat([getattr(p, name) for p in parts], dim=0 if name == "prediction_depth" else 1)
+        return cls(**out)
+
+
+def topk_tie_lowest_id(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k along the last dim with equal values ordered by ascending index (exact)."""
+    values = torch.topk(z, k, dim=-1).values  # the right values; the ids may not follow the tie rule
+    taken = torch.zeros_like(z, dtype=torch.bool)
+    ids = []
+    for j in range(k):
+        cand = (z == values[..., j:j + 1]) & ~taken
+        idx = cand.to(torch.uint8).argmax(-1, keepdim=True)  # first True = lowest id
+        taken.scatter_(-1, idx, True)
+        ids.append(idx)
+    return torch.cat(ids, -1), values
+
+
+def prediction_depth(top1: torch.Tensor) -> torch.Tensor:
+    """[sites, tokens] top-1 ids → first site from which top-1 stays equal to the final one."""
+    agree = (top1 == top1[-1:]).to(torch.int64)
+    stays = agree.flip(0).cumprod(0).flip(0)  # 1 where this and every later site agree
+    return top1.shape[0] - stays.sum(0)
+
+
+def stats_from_logits(logits: torch.Tensor, targets: torch.Tensor | None = None, k: int = 1) -> LensStats:
+    """All statistics from materialised logits [sites, tokens, vocab], computed in logits' dtype."""
+    check_tensor("logits", logits, ndim=3, floating=True)
+    sites, tokens, vocab = logits.shape
+    if not 1 <= k <= vocab:
+        raise ValueError(f"k: expected 1 <= k <= vocab ({vocab}), got {k}")
+    lse = torch.logsumexp(logits, -1)
+    logp = logits - lse[..., None]
+    p = logp.exp()
+    entropy = -(p * logp).sum(-1)
+    topk_ids, topk_logits = topk_tie_lowest_id(logits, k)
+    p_final, logp_final = p[-1], logp[-1]
+    kl = (p_final * (logp_final - logp)).sum(-1)
+    final_top1 = topk_ids[-1, :, 0]
+    z_ft = logits.gather(-1, final_top1.expand(sites, tokens)[..., None])
+    final_top1_rank = (logits > z_ft).sum(-1)
+    target_logit = target_logprob = target_rank = None
+    if targets is not None:
+        targets = check_ids("targets", targets, vocab, rows=tokens).reshape(tokens)
+        ignore = targets == IGNORE_INDEX
+        safe = targets.clamp_min(0).expand(sites, tokens)[..., None]
+        z_t = logits.gather(-1, safe)
+        target_logit = z_t[..., 0].masked_fill(ignore, float("nan"))
+        target_logprob = logp.gather(-1, safe)[..., 0].masked_fill(ignore, float("nan"))
+        target_rank = (logits > z_t).sum(-1).masked_fill(ignore, -1)
+    return LensStats(lse=lse, entropy=entropy, topk_ids=topk_ids, topk_logits=topk_logits, target_logit=target_logit,
+                     target_logprob=target_logprob, target_rank=target_rank, kl_to_final=kl,
+                     final_top1_rank=final_top1_rank, prediction_depth=prediction_depth(topk_ids[..., 0]))
+
+
+def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets: torch.Tensor | None = None,
+               k: int = 1, *, dtype: torch.dtype = torch.float64, max_elements: int = 1 << 25) -> LensStats:
+    """Logit-lens statistics of residuals [sites, tokens, d_model] (last site = final layer).
+
+    Logits are materialised in `dtype` for a chunk of tokens at a time (at most
+    `max_elements` logits), so memory stays bounded but the work is not fused.
+    """
+    check_tensor("hidden", hidden, ndim=3, floating=True)
+    check_same_width("hidden", hidden, unembed.d_model, "the unembedding's d_model")
+    sites, tokens, _ = hidden.shape
+    if targets is not None:
+        targets = check_ids("targets", targets, unembed.vocab_size, rows=tokens).reshape(tokens)
+    chunk = max(1, max_elements // (sites * unembed.vocab_size))
+    parts = []
+    for start in range(0, tokens, chunk):
+        h = hidden[:, start:start + chunk].to(dtype)
+        logits = unembed(norm(h).to(dtype))
+        parts.append(stats_from_logits(logits, None if targets is None else targets[start:start + chunk], k))
+    return LensStats.cat(parts)

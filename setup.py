@@ -1,0 +1,42 @@
+"""Build fusedlens: the Python package, the Triton kernels and the C++ extension fusedlens._C.
+
+Built against the torch already installed (pip install --no-build-isolation .).
+"""
+import glob
+import os
+
+from setuptools import setup
+
+try:
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+except ImportError as err:  # pragma: no cover - only hit without torch
+    raise SystemExit("fusedlens builds against an installed torch: pip install torch first, "
+                     "then pip install --no-build-isolation .") from err
+
+here = os.path.dirname(os.path.abspath(__file__))
+sources = sorted(glob.glob("csrc/core/*.cpp")) + sorted(glob.glob("csrc/torch/*.cpp"))
+native = os.environ.get("FUSEDLENS_NATIVE", "1") == "1"  # set 0 for a portable build
+cxx_flags = ["-O3", "-fopenmp", "-std=c++17"] + (["-march=native"] if native else [])
+
+setup(
+    name="fusedlens",
+    version="0.1.0",
+    description="Compiled mechanistic-interpretability engine: fused logit/tuned lens and streaming probes",
+    python_requires=">=3.10",
+    package_dir={"fusedlens": "python/fusedlens", "fusedlens.kernels": "kernels"},
+    packages=["fusedlens", "fusedlens.kernels"],
+    ext_modules=[CppExtension("fusedlens._C", sources, extra_compile_args=cxx_flags,
+                              extra_link_args=["-fopenmp"])],
+    cmdclass={"build_ext": BuildExtension},
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "transformers>=4.46",
+        "gguf>=0.10",
+        "accelerate",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={"triton": ["triton>=3.0"], "test": ["pytest", "pytest-benchmark"]},
+    entry_points={"console_scripts": ["fusedlens=fusedlens.cli:main"]},
+)
