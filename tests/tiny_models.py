@@ -23,7 +23,8 @@ EXPECTED = {
     "phi3": ("rmsnorm", 0.0, False),
     "opt": ("layernorm", 0.0, True),
 }
-GEMMA_SOFTCAP = 3.0  # small enough that tanh visibly bends random logits
+GEMMA_SOFTCAP = 1.0  # random logits reach ~3 here, so tanh visibly bends them
+INIT_STD = 0.1  # HF default 0.02 gives logits ~0.1: too flat for norm/softcap mistakes to show
 
 
 def _config(arch: str, **overrides):
@@ -56,6 +57,7 @@ def _config(arch: str, **overrides):
                            do_layer_norm_before=True, tie_word_embeddings=True, dropout=0.0, **ids)
     else:
         raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+    cfg.initializer_range = cfg.init_std = INIT_STD  # OPT reads init_std
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg

@@ -4,6 +4,11 @@
 
 #include "../core/gather_dot.h"
 
+std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn, const torch::Tensor& w,
+                                      const c10::optional<torch::Tensor>& bias, double softcap,
+                                      const torch::Tensor& targets, int64_t k, int64_t token_block,
+                                      int64_t vocab_tile);
+
 namespace {
 
 torch::Tensor gather_dot(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& ids,
@@ -43,4 +48,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedlens C++ CPU kernels";
   m.def("gather_dot", &gather_dot, "out[r] = x[r] . w[ids[r]] (+ bias[ids[r]]), NaN where ids[r] < 0",
         py::arg("x"), py::arg("w"), py::arg("ids"), py::arg("bias") = py::none());
+  m.def("lens_stats", &lens_stats,
+        "fused logit-lens statistics of xn [S, T, d] (site S-1 final) against w [V, d]; see ops.lens_stats",
+        py::arg("xn"), py::arg("w"), py::arg("bias"), py::arg("softcap"), py::arg("targets"), py::arg("k"),
+        py::arg("token_block") = 8, py::arg("vocab_tile") = 1024);
 }

@@ -177,7 +177,8 @@ class ResidualCapture:
         # With left padding, models with absolute positions (GPT-2) would count the pads; give each
         # sequence its own positions so a padded row equals the same sequence run alone.
         positions = positions_from_mask(mask)
-        if bool((positions != torch.arange(mask.shape[1]))[mask].any()) and _accepts_position_ids(self.lm.model):
+        shifted = bool((positions != torch.arange(mask.shape[1], device=mask.device))[mask].any())
+        if shifted and _accepts_position_ids(self.lm.model):
             kwargs["position_ids"] = positions.to(device)
         self._mask, self.store = mask.to(device), {}
         try:

@@ -9,6 +9,10 @@ import torch
 
 from . import reference
 from ._checks import IGNORE_INDEX, check_ids, check_same_width, check_tensor
+from .readout import FinalNorm, Unembed
+from .reference import LensStats
+
+MAX_TOPK = 32  # the kernels keep a per-row top-k of at most this size
 
 BACKENDS = ("torch", "cpu", "triton")
 
@@ -79,13 +83,43 @@ def target_logit(x: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, bias:
     return out
 
 
-def lens_stats(hidden: torch.Tensor, norm, unembed, targets: torch.Tensor | None = None, k: int = 1, *,
-               backend: str | None = None, dtype: torch.dtype = torch.float32) -> reference.LensStats:
+def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets: torch.Tensor | None = None,
+               k: int = 1, *, backend: str | None = None, dtype: torch.dtype = torch.float32,
+               token_block: int = 8, vocab_tile: int = 1024) -> LensStats:
     """Logit-lens statistics of residuals [sites, tokens, d_model]; the last site is the final layer.
 
-    Only the `torch` backend (the reference, in `dtype`) exists so far; the fused
-    kernels plug in here.
+    Exact over the full vocabulary (see `reference` for the definitions and the tie
+    rule) without materialising a [tokens x vocab] logits tensor on the fused
+    backends; `dtype` is the compute dtype of the `torch` backend only.
     """
-    if backend not in (None, "torch"):
-        raise ValueError(f"backend: {backend!r} has no lens_stats kernel yet (available: ['torch'])")
-    return reference.lens_stats(hidden, norm, unembed, targets, k, dtype=dtype)
+    check_tensor("hidden", hidden, ndim=(2, 3), floating=True)
+    if hidden.dim() == 2:  # a flat row batch is one site: its own final layer
+        hidden = hidden[None]
+    check_same_width("hidden", hidden, unembed.d_model, "the unembedding's d_model")
+    sites, tokens, _ = hidden.shape
+    if not 1 <= k <= min(MAX_TOPK, unembed.vocab_size):
+        raise ValueError(f"k: expected 1 <= k <= {min(MAX_TOPK, unembed.vocab_size)}, got {k}")
+    if targets is not None:
+        targets = check_ids("targets", targets, unembed.vocab_size, rows=tokens).reshape(tokens)
+    backend = pick_backend(hidden.device, backend)
+    if backend == "torch":
+        return reference.lens_stats(hidden, norm, unembed, targets, k, dtype=dtype)
+    xn = norm(hidden).float().contiguous()
+    ids = torch.full((tokens,), -1, dtype=torch.long, device=hidden.device) if targets is None \
+        else targets.masked_fill(targets == IGNORE_INDEX, -1)
+    weight = unembed.weight
+    if backend == "cpu":
+        out = _C.lens_stats(xn, weight.float(), unembed.bias, float(unembed.softcap or 0.0), ids, k,
+                            token_block, vocab_tile)
+    else:
+        from .kernels.lens_stats import lens_stats as triton_lens_stats
+
+        out = triton_lens_stats(xn, weight, unembed.bias, float(unembed.softcap or 0.0), ids, k)
+    lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl, final_rank = out
+    if targets is None:
+        target_logit = target_logprob = target_rank = None
+    else:
+        target_logprob = target_logit - lse
+    return LensStats(lse=lse, entropy=entropy, topk_ids=topk_ids, topk_logits=topk_logits, target_logit=target_logit,
+                     target_logprob=target_logprob, target_rank=target_rank, kl_to_final=kl,
+                     final_top1_rank=final_rank, prediction_depth=reference.prediction_depth(topk_ids[..., 0]))

@@ -1,0 +1,52 @@
+// Online per-row statistics over vocabulary tiles (DESIGN.md, "What the lens kernel
+// computes"). Torch-free: the driver computes each tile of logits (a GEMM) and feeds
+// it here; the tile is read once from cache and never written back to memory.
+#pragma once
+#include <cstdint>
+
+namespace fusedlens {
+
+constexpr int kMaxTopK = 32;
+
+// What one row needs to know before the sweep.
+struct RowQuery {
+  int64_t target_id;     // < 0: no target
+  float target_logit;    // from the gather-dot; the rank threshold
+  int64_t final_top1;    // the final layer's top-1 id for this token
+  float final_top1_logit;
+};
+
+// Running state of one row. u and s are relative to the running max m, so the
+// entropy log(s) - u/s stays exact for large logits.
+struct RowState {
+  float m, s, u, kl;
+  int64_t rank_target, rank_final_top1;
+  float seen_target_logit;  // the sweep's own value at the target id
+  int k, filled;
+  float top_logit[kMaxTopK];
+  int64_t top_id[kMaxTopK];
+
+  void reset(int topk);
+  float lse() const;
+  float entropy() const;
+};
+
+// exp(x) for x <= 0 (relative error < 2e-7; exp(x < -87) is flushed to 0).
+float exp_nonpos(float x);
+
+// Fold one tile of logits z[0, width) (vocab ids v0 ...) into a row's state.
+// p_final / z_final: the final layer's probabilities and logits on the same tile
+// (nullptr to skip KL). Counts exclude the row's own target/top-1 id, so rounding
+// between the gather-dot and the tile GEMM can never make a token outrank itself.
+void fold_tile(RowState& st, const RowQuery& q, const float* z, int64_t v0, int64_t width,
+               const float* p_final, const float* z_final);
+
+// p[i] = exp(z[i] - lse) for the final row of a tile; returns their sum. The caller
+// divides the KL term by the total over all tiles, which absorbs the rounding
+// difference between the phase-1 lse and this sweep's logits.
+float final_probs(const float* z, float lse, float* p, int64_t width);
+
+// z <- softcap(z + bias) in place over one tile row; bias may be null, cap <= 0 means none.
+void bias_and_cap(float* z, const float* bias, float cap, int64_t width);
+
+}  // namespace fusedlens
