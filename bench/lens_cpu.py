@@ -1,0 +1,106 @@
+"""Fused lens_stats vs naive PyTorch vs the bare GEMM, each in a fresh process.
+
+python bench/lens_cpu.py [--tokens 2048] [--vocabs 49152 128256] [--out bench/results/lens_cpu.json]
+Writes times, ratios and peak RSS (the op's growth over its inputs) per variant.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+SITES, D_MODEL = 31, 576
+
+
+def make_inputs(tokens, vocab, seed=0):
+    from fusedlens import FinalNorm, Unembed
+
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(SITES, tokens, D_MODEL, generator=g)
+    norm = FinalNorm("rmsnorm", torch.rand(D_MODEL, generator=g) + 0.5, None, 1e-5)
+    unembed = Unembed(torch.randn(vocab, D_MODEL, generator=g) / D_MODEL ** 0.5)
+    targets = torch.randint(0, vocab, (tokens,), generator=g)
+    return hidden, norm, unembed, targets
+
+
+def naive(hidden, norm, unembed, targets, k=5):
+    """What one writes without fusedlens: materialise each layer's logits, then reduce."""
+    xn = norm(hidden)
+    w = unembed.weight
+    logp_final = torch.log_softmax(xn[-1] @ w.T, -1)
+    p_final = logp_final.exp()
+    out = []
+    for s in range(xn.shape[0]):
+        logits = xn[s] @ w.T
+        logp = torch.log_softmax(logits, -1)
+        top = torch.topk(logits, k, -1)
+        tgt = logits.gather(-1, targets[:, None])
+        out.append((torch.logsumexp(logits, -1), -(logp.exp() * logp).sum(-1), top.indices, top.values,
+                    logp.gather(-1, targets[:, None]), (logits > tgt).sum(-1),
+                    (p_final * (logp_final - logp)).sum(-1)))
+    return out
+
+
+def bare_gemm(xn, w):
+    """The floor: the same FLOPs as the lens, one layer's logits at a time into one buffer."""
+    out = torch.empty(xn.shape[1], w.shape[0])
+    for s in range(xn.shape[0]):
+        torch.matmul(xn[s], w.T, out=out)
+    return out
+
+
+def run_variant(variant, tokens, vocab, repeats):
+    from fusedlens import ops
+
+    hidden, norm, unembed, targets = make_inputs(tokens, vocab)
+    fn = {"fused_cpu": lambda: ops.lens_stats(hidden, norm, unembed, targets, 5, backend="cpu"),
+          "naive_torch": lambda: naive(hidden, norm, unembed, targets),
+          "bare_gemm": lambda: bare_gemm(norm(hidden), unembed.weight)}[variant]
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"variant": variant, "tokens": tokens, "vocab": vocab, "sites": SITES, "d_model": D_MODEL,
+            "seconds": min(times), "peak_rss_growth_mib": (peak - base) / 1024, "threads": torch.get_num_threads()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--vocabs", type=int, nargs="+", default=[49152, 128256])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "lens_cpu.json"))
+    ap.add_argument("--one", nargs=3, metavar=("VARIANT", "TOKENS", "VOCAB"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_variant(args.one[0], int(args.one[1]), int(args.one[2]), args.repeats)))
+        return
+    rows = []
+    for vocab in args.vocabs:
+        res = {}
+        for variant in ("bare_gemm", "fused_cpu", "naive_torch"):
+            out = subprocess.run([sys.executable, __file__, "--one", variant, str(args.tokens), str(vocab),
+                                  "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
+            res[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(res[variant], flush=True)
+        rows.append({"vocab": vocab, "tokens": args.tokens, "sites": SITES, "results": res,
+                     "fused_over_gemm": res["fused_cpu"]["seconds"] / res["bare_gemm"]["seconds"],
+                     "naive_over_fused": res["naive_torch"]["seconds"] / res["fused_cpu"]["seconds"],
+                     "fused_over_naive_memory": res["fused_cpu"]["peak_rss_growth_mib"]
+                     / max(res["naive_torch"]["peak_rss_growth_mib"], 1e-9)})
+        print({k: v for k, v in rows[-1].items() if k != "results"}, flush=True)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"machine": {"cpus": os.cpu_count(), "torch": torch.__version__}, "rows": rows}, f, indent=2)
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
