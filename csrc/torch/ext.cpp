@@ -8,6 +8,9 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn, const torch::Tens
                                       const c10::optional<torch::Tensor>& bias, double softcap,
                                       const torch::Tensor& targets, int64_t k, int64_t token_block,
                                       int64_t vocab_tile);
+std::vector<torch::Tensor> lens_kl(const torch::Tensor& xn, const torch::Tensor& xf, const torch::Tensor& w,
+                                   const c10::optional<torch::Tensor>& bias, double softcap, bool with_grad,
+                                   int64_t token_block, int64_t vocab_tile);
 
 namespace {
 
@@ -52,4 +55,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "fused logit-lens statistics of xn [S, T, d] (site S-1 final) against w [V, d]; see ops.lens_stats",
         py::arg("xn"), py::arg("w"), py::arg("bias"), py::arg("softcap"), py::arg("targets"), py::arg("k"),
         py::arg("token_block") = 8, py::arg("vocab_tile") = 1024);
+  m.def("lens_kl", &lens_kl,
+        "fused KL(p_final || q_site) of xn [L, T, d] against the final rows xf [T, d], and optionally its "
+        "gradient wrt xn; see fusedlens.lens_kl",
+        py::arg("xn"), py::arg("xf"), py::arg("w"), py::arg("bias"), py::arg("softcap"), py::arg("with_grad"),
+        py::arg("token_block") = 8, py::arg("vocab_tile") = 512);
 }
