@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--model", default=None, help="HF name, folder or .gguf file (default: embedded SmolLM2-135M)")
     i.add_argument("--gguf-file", default=None, help="GGUF file name inside --model's folder")
     i.set_defaults(func=_cmd_info)
+    from .tuned_cli import add_parser as add_tuned_parser
+
+    add_tuned_parser(sub)
     return p
 
 
