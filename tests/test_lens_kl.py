@@ -128,6 +128,9 @@ def test_no_grad_path_matches(backend):
     with_grad = lens_kl(xn.clone().requires_grad_(True), xf, unembed, backend=backend)
     plain = lens_kl(xn, xf, unembed, backend=backend)
     assert not plain.kl.requires_grad and with_grad.kl.requires_grad
+    with torch.no_grad():  # no gradient formed although xn requires one
+        quiet = lens_kl(xn.clone().requires_grad_(True), xf, unembed, backend=backend)
+    assert not quiet.kl.requires_grad and torch.equal(quiet.kl, plain.kl)
     assert torch.allclose(plain.kl, with_grad.kl.detach(), rtol=1e-6, atol=1e-6)
 
 

@@ -58,11 +58,12 @@ def _kernel(backend: str):
 
 
 class FusedLensKL(torch.autograd.Function):
-    """kl, lse, lse_final = FusedLensKL.apply(xn, xn_final, weight, bias, softcap, backend, token_block, vocab_tile)."""
+    """kl, lse, lse_final = FusedLensKL.apply(xn, xn_final, weight, bias, softcap, backend, token_block, vocab_tile,
+    with_grad); with_grad=False skips the gradient's GEMM (then backward must not be called)."""
 
     @staticmethod
-    def forward(ctx, xn, xn_final, weight, bias, softcap, backend, token_block, vocab_tile):
-        with_grad = bool(ctx.needs_input_grad[0])
+    def forward(ctx, xn, xn_final, weight, bias, softcap, backend, token_block, vocab_tile, with_grad):
+        with_grad = bool(with_grad and ctx.needs_input_grad[0])
         kernel = _kernel(backend)
         args = (xn.detach().float().contiguous(), xn_final.detach().float().contiguous(), weight, bias,
                 float(softcap or 0.0), with_grad)
@@ -78,8 +79,10 @@ class FusedLensKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_kl, _grad_lse, _grad_lse_final):
         (grad,) = ctx.saved_tensors
+        if grad is None:
+            raise RuntimeError("lens_kl: the gradient was not formed (called under no_grad or with_grad=False)")
         grad_xn = (grad_kl[..., None].float() * grad).to(ctx.xn_dtype)
-        return grad_xn, None, None, None, None, None, None, None
+        return grad_xn, None, None, None, None, None, None, None, None
 
 
 def lens_kl(xn: torch.Tensor, xn_final: torch.Tensor, unembed: Unembed, *, backend: str | None = None,
@@ -114,6 +117,8 @@ def lens_kl(xn: torch.Tensor, xn_final: torch.Tensor, unembed: Unembed, *, backe
     if backend == "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
         weight = weight.float()
     bias = None if unembed.bias is None else unembed.bias.to(weight.dtype)
+    # needs_input_grad ignores no_grad mode, so whether to form the gradient is decided here
+    with_grad = xn.requires_grad and torch.is_grad_enabled()
     kl, lse, lse_final = FusedLensKL.apply(xn, xn_final, weight.contiguous(), bias, unembed.softcap, backend,
-                                           token_block, vocab_tile)
+                                           token_block, vocab_tile, with_grad)
     return LensKL(kl=kl, lse=lse, lse_final=lse_final)
