@@ -75,25 +75,28 @@ def run_variant(variant, tokens, vocab, repeats):
             "peak_rss_growth_mib": (peak - base) / 1024, "threads": torch.get_num_threads()}
 
 
+def in_fresh_process(variant, tokens, vocab, repeats):
+    cmd = [sys.executable, __file__, "--variant", variant, "--tokens", str(tokens), "--vocabs", str(vocab),
+           "--repeats", str(repeats)]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=64, help="tokens per step (default 64)")
     ap.add_argument("--vocabs", type=int, nargs="+", default=[49152, 128256])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="steps per variant; the fastest counts")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "tuned_cpu.json"))
-    ap.add_argument("--one", nargs=3, metavar=("VARIANT", "TOKENS", "VOCAB"), help=argparse.SUPPRESS)
+    ap.add_argument("--variant", choices=list(LOSSES), help="run one variant here and print its JSON")
     args = ap.parse_args()
-    if args.one:
-        print(json.dumps(run_variant(args.one[0], int(args.one[1]), int(args.one[2]), args.repeats)))
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args.tokens, args.vocabs[0], args.repeats)))
         return
     rows = []
     for vocab in args.vocabs:
-        res = {}
-        for variant in LOSSES:
-            out = subprocess.run([sys.executable, __file__, "--one", variant, str(args.tokens), str(vocab),
-                                  "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
-            res[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(res[variant], flush=True)
+        res = {variant: in_fresh_process(variant, args.tokens, vocab, args.repeats) for variant in LOSSES}
+        for r in res.values():
+            print(r, flush=True)
         fused, naive = res["fused_cpu"], res["naive_torch"]
         rows.append({"vocab": vocab, "tokens": args.tokens, "results": res,
                      "naive_over_fused_time": naive["step_seconds"] / fused["step_seconds"],
