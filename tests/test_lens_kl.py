@@ -156,3 +156,27 @@ def test_bad_input(mutate, match):
     x, f = mutate(xn, xf)
     with pytest.raises(ValueError, match=match):
         lens_kl(x, f, unembed)
+
+
+def test_real_model_residuals(real_lm):
+    """SmolLM2-135M's own residuals (large, anisotropic) through its norm: cpu backend vs float64 autograd."""
+    from fusedlens.capture import capture_residuals
+    from fusedlens.demo import pydoc_text
+
+    start = int(torch.randint(0, 20000, ()))
+    ids = real_lm.tokenizer(pydoc_text()[start:start + 200], return_tensors="pt").input_ids[:, :4]
+    hidden = capture_residuals(real_lm, ids).hidden
+    upstream = torch.rand(hidden.shape[0] - 1, hidden.shape[1]) + 0.5
+
+    def grad(dtype, run):
+        h = hidden[:-1].to(dtype).requires_grad_(True)
+        kl = run(real_lm.norm(h), real_lm.norm(hidden[-1].to(dtype)))
+        (g,) = torch.autograd.grad((kl * upstream.to(dtype)).sum(), h)
+        return kl.detach(), g
+
+    u = real_lm.unembed
+    want_kl, want = grad(torch.float64, lambda x, f: reference_lens_kl(x, f, Unembed(u.weight.double())).kl)
+    got_kl, got = grad(torch.float32, lambda x, f: lens_kl(x, f, u, backend="cpu").kl)
+    assert_close("kl", got_kl, want_kl)
+    assert want_kl[0].mean() > 1.0  # the early layers really are far from the final one
+    assert rel_err(got, want) < GRAD_RTOL, f"grad: relative error {rel_err(got, want):.3g}"
