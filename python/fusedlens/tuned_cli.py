@@ -5,6 +5,7 @@ training and `eval` reads only those (the first --tokens of them).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -13,12 +14,18 @@ import torch
 DEFAULT_OUT = os.path.join("fusedlens_out", "tuned_lens")
 
 
-def corpus_split(lm, eval_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+@functools.lru_cache(maxsize=2)
+def corpus_ids(tokenizer) -> torch.Tensor:
+    """The pydoc corpus as token ids (about 113k for SmolLM2; tokenising takes seconds, so it is kept)."""
     from .demo import pydoc_text
+
+    return tokenizer(pydoc_text(), add_special_tokens=False, return_tensors="pt").input_ids[0]
+
+
+def corpus_split(lm, eval_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     from .tuned_train import split_corpus
 
-    ids = lm.tokenizer(pydoc_text(), add_special_tokens=False, return_tensors="pt").input_ids[0]
-    return split_corpus(ids, eval_tokens)
+    return split_corpus(corpus_ids(lm.tokenizer), eval_tokens)
 
 
 def _cmd_train(args) -> int:

@@ -80,8 +80,10 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     x = list(range(len(rows)))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for ax, key, label in ((axes[0], "kl_bits", "KL(final ‖ lens), bits"), (axes[1], "ce_bits", "cross-entropy, bits")):
+        shown = rows[:-1] if key == "kl_bits" else rows  # the final site's KL is 0 by definition
         for name in LENSES:
-            ax.plot(x, [r[f"{key}_{name}"] for r in rows], marker="o", markersize=3, label=f"{name} lens")
+            ax.plot(x[:len(shown)], [r[f"{key}_{name}"] for r in shown], marker="o", markersize=3,
+                    label=f"{name} lens")
         ax.set_title(label)
         ax.set_xlabel("site (0 = embedding)")
         ax.grid(alpha=0.3)
