@@ -165,3 +165,21 @@ def test_cli_on_the_real_model(real_lm, tmp_path, monkeypatch, capsys):
         assert (tmp_path / "lens" / name).exists(), name
     lens = TunedLens.load(out, real_lm)
     assert len(lens.sites) == 30 and any(bool(p.abs().sum() > 0) for p in lens.parameters())
+
+
+def test_site_map_for_captured_layer_subsets(tiny_lm):
+    """What `fusedlens run --tuned` uses: translate whichever sites a capture holds, the last block as is."""
+    lens = randomize(TunedLens.from_model(tiny_lm))
+    res = capture_residuals(tiny_lm, torch.randint(0, VOCAB, (1, 6)), layers=[0, tiny_lm.n_layers - 1])
+    assert res.sites == ["embed", "resid.0", f"resid.{tiny_lm.n_layers - 1}"]
+    got = lens.as_site_map()(res.hidden, res.sites)
+    with torch.no_grad():
+        want = [res.hidden[i] + lens.layer_translators[i](res.hidden[i]) for i in (0, 1)] + [res.hidden[2]]
+    assert torch.allclose(got, torch.stack(want), atol=1e-6)
+    full = capture_residuals(tiny_lm, torch.randint(0, VOCAB, (1, 6)))
+    assert torch.allclose(lens.as_site_map()(full.hidden), lens.translate_sites(full.hidden, full.sites))
+    mid = capture_residuals(tiny_lm, torch.randint(0, VOCAB, (1, 6)), mid=True)
+    with pytest.raises(ValueError, match="no translator"):
+        lens.as_site_map()(mid.hidden, mid.sites)
+    with pytest.raises(ValueError, match="sites=capture.sites"):
+        lens.as_site_map()(res.hidden)

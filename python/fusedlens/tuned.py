@@ -87,6 +87,38 @@ class TunedLens(nn.Module):
             out = out + torch.stack([t.bias for t in self.layer_translators])[:, None, :]
         return h + out
 
+    def translate_sites(self, hidden: torch.Tensor, sites: list[str] | None = None) -> torch.Tensor:
+        """Residuals of captured `sites` [len(sites), tokens, d]: lens sites translated, the last block's as is.
+
+        sites=None means this lens' own sites followed by the final layer. A captured site
+        that is neither a lens site nor the last one has no translator: ValueError.
+        """
+        if sites is None:
+            if hidden.dim() != 3 or hidden.shape[0] != len(self.sites) + 1:
+                raise ValueError(f"hidden: {tuple(hidden.shape)} is not this lens' {len(self.sites)} sites plus the "
+                                 "final layer; pass sites=capture.sites")
+            return torch.cat([self.translate(hidden[:-1]), hidden[-1:].float()])
+        if hidden.dim() != 3 or hidden.shape[0] != len(sites):
+            raise ValueError(f"hidden: expected [{len(sites)}, tokens, d] (one block per site), got {tuple(hidden.shape)}")
+        index = {site: i for i, site in enumerate(self.sites)}
+        missing = [site for site in sites[:-1] if site not in index]
+        if missing:
+            raise ValueError(f"sites: the lens has no translator for {missing[:3]} (its sites: {self.sites[:3]}...)")
+        rows = [i for i, site in enumerate(sites) if site in index]
+        chosen = [self.layer_translators[index[sites[i]]] for i in rows]
+        h = hidden.float()
+        out = h.clone()
+        out[rows] = h[rows] + torch.bmm(h[rows], torch.stack([t.weight for t in chosen]).transpose(1, 2)) \
+            + (torch.stack([t.bias for t in chosen])[:, None, :] if self.bias else 0)
+        return out
+
+    def as_site_map(self):
+        """A callable hidden, sites=None -> translate_sites(hidden, sites), without autograd (for corpus runs)."""
+        def apply(hidden: torch.Tensor, sites: list[str] | None = None) -> torch.Tensor:
+            with torch.no_grad():
+                return self.translate_sites(hidden, sites)
+        return apply
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [sites, tokens, vocab] of the translated residuals (materialised: for small inputs)."""
         return self.unembed(self.norm(self.translate(hidden)))
@@ -100,11 +132,7 @@ class TunedLens(nn.Module):
     def lens_stats(self, hidden: torch.Tensor, targets: torch.Tensor | None = None, k: int = 1, *,
                    backend: str | None = None) -> LensStats:
         """ops.lens_stats of hidden [sites + 1, tokens, d] (last = final layer) seen through the lens."""
-        if hidden.dim() != 3 or hidden.shape[0] != len(self.sites) + 1:
-            raise ValueError(f"hidden: expected [{len(self.sites) + 1}, tokens, d] (lens sites + final), "
-                             f"got {tuple(hidden.shape)}")
-        stacked = torch.cat([self.translate(hidden[:-1]), hidden[-1:].float()])
-        return ops.lens_stats(stacked, self.norm, self.unembed, targets, k, backend=backend)
+        return ops.lens_stats(self.translate_sites(hidden), self.norm, self.unembed, targets, k, backend=backend)
 
     # ---- the tuned-lens library's checkpoint format
     def config_dict(self) -> dict:
