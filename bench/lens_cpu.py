@@ -14,6 +14,7 @@ import time
 import torch
 
 SITES, D_MODEL = 31, 576
+VARIANTS = ("bare_gemm", "fused_cpu", "fused_cpu_bf16", "naive_torch")
 
 
 def make_inputs(tokens, vocab, seed=0):
@@ -57,7 +58,9 @@ def run_variant(variant, tokens, vocab, repeats):
     from fusedlens import ops
 
     hidden, norm, unembed, targets = make_inputs(tokens, vocab)
+    unembed_bf16 = type(unembed)(unembed.weight.bfloat16()) if variant == "fused_cpu_bf16" else None
     fn = {"fused_cpu": lambda: ops.lens_stats(hidden, norm, unembed, targets, 5, backend="cpu"),
+          "fused_cpu_bf16": lambda: ops.lens_stats(hidden, norm, unembed_bf16, targets, 5, backend="cpu"),
           "naive_torch": lambda: naive(hidden, norm, unembed, targets),
           "bare_gemm": lambda: bare_gemm(norm(hidden), unembed.weight)}[variant]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -69,6 +72,14 @@ def run_variant(variant, tokens, vocab, repeats):
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"variant": variant, "tokens": tokens, "vocab": vocab, "sites": SITES, "d_model": D_MODEL,
             "seconds": min(times), "peak_rss_growth_mib": (peak - base) / 1024, "threads": torch.get_num_threads()}
+
+
+def machine():
+    from fusedlens import _C
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return {"cpu": cpu, "cpus": os.cpu_count(), "torch": torch.__version__, "bf16_dot": _C.has_bf16_dot(),
+            "load_average": os.getloadavg()}
 
 
 def main():
@@ -85,7 +96,7 @@ def main():
     rows = []
     for vocab in args.vocabs:
         res = {}
-        for variant in ("bare_gemm", "fused_cpu", "naive_torch"):
+        for variant in VARIANTS:
             out = subprocess.run([sys.executable, __file__, "--one", variant, str(args.tokens), str(vocab),
                                   "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
             res[variant] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -93,12 +104,13 @@ def main():
         rows.append({"vocab": vocab, "tokens": args.tokens, "sites": SITES, "results": res,
                      "fused_over_gemm": res["fused_cpu"]["seconds"] / res["bare_gemm"]["seconds"],
                      "naive_over_fused": res["naive_torch"]["seconds"] / res["fused_cpu"]["seconds"],
+                     "bf16_over_fp32_fused": res["fused_cpu_bf16"]["seconds"] / res["fused_cpu"]["seconds"],
                      "fused_over_naive_memory": res["fused_cpu"]["peak_rss_growth_mib"]
                      / max(res["naive_torch"]["peak_rss_growth_mib"], 1e-9)})
         print({k: v for k, v in rows[-1].items() if k != "results"}, flush=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"machine": {"cpus": os.cpu_count(), "torch": torch.__version__}, "rows": rows}, f, indent=2)
+        json.dump({"machine": machine(), "rows": rows}, f, indent=2)
     print("wrote", args.out)
 
 
