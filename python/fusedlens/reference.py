@@ -57,6 +57,14 @@ class LensStats:
                 out[name] = torch.cat([getattr(p, name) for p in parts], dim=0 if name == "prediction_depth" else 1)
         return cls(**out)
 
+    def select(self, rows) -> "LensStats":
+        """The stats of some tokens (an index tensor or a boolean mask over tokens)."""
+        return LensStats(**{name: None if t is None else t[rows] if name == "prediction_depth" else t[:, rows]
+                            for name, t in self.items()})
+
+    def to(self, device) -> "LensStats":
+        return LensStats(**{name: None if t is None else t.to(device) for name, t in self.items()})
+
 
 def topk_tie_lowest_id(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k along the last dim with equal values ordered by ascending index (exact)."""
