@@ -67,15 +67,19 @@ def test_stats_match_reference(lm, backend, dtype, config):
     assert got.position.tolist() == list(range(11)) * 3
 
 
-def test_bfloat16_model_matches_reference():
+@pytest.mark.parametrize("compute", ["auto", "fp32"])
+def test_bfloat16_model_matches_reference(compute):
+    # "auto" on a bf16 model multiplies in bf16 (the reference rounds the same operands).
     lm = LensModel.from_hf(tiny_model("llama").to(torch.bfloat16))
     ids = torch.randint(0, VOCAB, (2, 9))
-    got = LogitLens(lm, k=4).run(ids)
+    got = LogitLens(lm, k=4, compute=compute).run(ids)
     res = capture_residuals(lm, ids)
     assert res.hidden.dtype == torch.bfloat16
-    want = reference.lens_stats(res.hidden, lm.norm, lm.unembed, res.targets, 4)
-    logits = float64_logits(res.hidden, lm.norm, lm.unembed)
-    assert_close_stats(got.stats, want, logits, res.targets, float32_error(res.hidden, lm.norm, lm.unembed, logits))
+    mode = "bf16" if compute == "auto" else compute
+    want = reference.lens_stats(res.hidden, lm.norm, lm.unembed, res.targets, 4, compute=mode)
+    logits = float64_logits(res.hidden, lm.norm, lm.unembed, mode)
+    assert_close_stats(got.stats, want, logits, res.targets,
+                       float32_error(res.hidden, lm.norm, lm.unembed, logits, mode))
 
 
 def test_text_equals_ids(lm):

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import ops, report
+from . import ops, reference, report
 from ._checks import check_ids
 from .capture import ResidualCapture
 from .models import LensModel
@@ -132,12 +132,13 @@ class LogitLens:
 
     layers: blocks to read (None = all; the last block is always added, as the
     final site); mid / embed: also read the mid-block and embedding sites; k: top-k
-    size (1..32); backend / dtype: as in `ops.lens_stats` (dtype is the compute
-    dtype of the `torch` backend).
+    size (1..32); backend / compute / dtype: as in `ops.lens_stats` (compute
+    "auto" multiplies in bf16 for a bf16 model, as its own head does; dtype is the
+    compute dtype of the `torch` backend).
     """
 
     def __init__(self, lm: LensModel, layers: Sequence[int] | None = None, mid: bool = False, embed: bool = True,
-                 k: int = 5, backend: str | None = None, dtype: torch.dtype = torch.float32):
+                 k: int = 5, backend: str | None = None, compute: str = "auto", dtype: torch.dtype = torch.float32):
         if not isinstance(lm, LensModel):
             raise ValueError(f"lm: expected a LensModel, got {type(lm).__name__}")
         layers = _check_layers(layers)
@@ -148,7 +149,9 @@ class LogitLens:
             raise ValueError(f"k: expected an integer in [1, {max_k}], got {k!r}")
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ValueError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
-        self.lm, self.k, self.dtype = lm, k, dtype
+        if compute not in ("auto",) + reference.COMPUTE_MODES:
+            raise ValueError(f"compute: expected 'auto' or one of {reference.COMPUTE_MODES}, got {compute!r}")
+        self.lm, self.k, self.dtype, self.compute = lm, k, dtype, compute
         self.backend = ops.pick_backend(lm.device, backend)
         self.capture = ResidualCapture(lm, layers=layers, embed=embed, mid=mid)
 
@@ -230,7 +233,7 @@ class LogitLens:
                 res = self.capture.run(ids, mask)
                 targets = res.targets.to(res.hidden.device)
                 stats = ops.lens_stats(res.hidden, self.lm.norm, self.lm.unembed, targets, self.k,
-                                       backend=self.backend, dtype=self.dtype)
+                                       backend=self.backend, compute=self.compute, dtype=self.dtype)
                 parts.append(stats.to("cpu"))
                 for name, t in (("input_ids", res.input_ids), ("targets", res.targets),
                                 ("batch_index", res.batch_index + first), ("position", res.position)):
