@@ -13,13 +13,6 @@ COLUMNS = (("kl_to_final", "KL(final‖layer) nats"), ("top1_agreement", "top-1 
            ("next_token_accuracy", "next-token accuracy"), ("entropy", "entropy nats"))
 
 
-def _median(x: torch.Tensor) -> float:
-    """The usual median (mean of the two middle values for an even count)."""
-    v = x.double().flatten().sort().values
-    n = v.numel()
-    return float((v[(n - 1) // 2] + v[n // 2]) / 2)
-
-
 def per_layer_summary(stats: LensStats, sites: list[str], targets: torch.Tensor | None = None) -> list[dict]:
     """Per site, over the tokens (target statistics over the tokens that have a target):
 
@@ -29,21 +22,11 @@ def per_layer_summary(stats: LensStats, sites: list[str], targets: torch.Tensor 
     tokens whose prediction depth is at most this site (top-1 already final for good).
     The mean prediction depth is a per-token number: it equals Σ_sites (1 − settled_fraction).
     """
-    has_target = targets >= 0 if targets is not None and stats.target_rank is not None else None
-    rows = []
-    for i, site in enumerate(sites):
-        row = {"site": site,
-               "kl_to_final": float(stats.kl_to_final[i].double().mean()),
-               "top1_agreement": float((stats.top1[i] == stats.top1[-1]).double().mean()),
-               "entropy": float(stats.entropy[i].double().mean()),
-               "final_top1_rank_median": _median(stats.final_top1_rank[i]),
-               "settled_fraction": float((stats.prediction_depth <= i).double().mean())}
-        if has_target is not None and bool(has_target.any()):
-            row["next_token_accuracy"] = float((stats.top1[i][has_target] == targets[has_target]).double().mean())
-            row["target_logprob"] = float(stats.target_logprob[i][has_target].double().mean())
-            row["target_rank_median"] = _median(stats.target_rank[i][has_target])
-        rows.append(row)
-    return rows
+    from .aggregate import LensAggregate
+
+    ranks = [stats.final_top1_rank] + ([stats.target_rank] if stats.target_rank is not None else [])
+    width = int(max(int(r.max()) for r in ranks)) + 1  # histograms need only cover the ranks seen
+    return LensAggregate(sites, width).update(stats, targets).summary()
 
 
 def format_table(rows: list[dict]) -> str:
