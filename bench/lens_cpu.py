@@ -1,12 +1,12 @@
 """Fused lens_stats vs naive PyTorch vs the bare GEMM, each in a fresh process.
 
 python bench/lens_cpu.py [--tokens 2048] [--vocabs 49152 128256] [--out bench/results/lens_cpu.json]
-Writes times, ratios and peak RSS (the op's growth over its inputs) per variant.
+Writes times, ratios and peak RSS (the op's growth over its inputs: Linux's VmHWM,
+reset after the inputs are built) per variant.
 """
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -23,7 +23,7 @@ def make_inputs(tokens, vocab, seed=0):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(SITES, tokens, D_MODEL, generator=g)
     norm = FinalNorm("rmsnorm", torch.rand(D_MODEL, generator=g) + 0.5, None, 1e-5)
-    unembed = Unembed(torch.randn(vocab, D_MODEL, generator=g) / D_MODEL ** 0.5)
+    unembed = Unembed(torch.randn(vocab, D_MODEL, generator=g).div_(D_MODEL ** 0.5))
     targets = torch.randint(0, vocab, (tokens,), generator=g)
     return hidden, norm, unembed, targets
 
@@ -63,15 +63,28 @@ def run_variant(variant, tokens, vocab, repeats):
           "fused_cpu_bf16": lambda: ops.lens_stats(hidden, norm, unembed_bf16, targets, 5, backend="cpu"),
           "naive_torch": lambda: naive(hidden, norm, unembed, targets),
           "bare_gemm": lambda: bare_gemm(norm(hidden), unembed.weight)}[variant]
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = reset_peak_rss()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = rss_kib("VmHWM")
     return {"variant": variant, "tokens": tokens, "vocab": vocab, "sites": SITES, "d_model": D_MODEL,
             "seconds": min(times), "peak_rss_growth_mib": (peak - base) / 1024, "threads": torch.get_num_threads()}
+
+
+def rss_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def reset_peak_rss():
+    """Linux: make the peak RSS (VmHWM) restart from the current RSS, so that the
+    peak measured after the op is the op's own, not that of building its inputs."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return rss_kib("VmRSS")
 
 
 def machine():

@@ -10,9 +10,9 @@ import torch
 
 from .reference import LensStats
 
-_SCALARS = ("tokens", "targets")
+_SCALARS = ("tokens", "targets", "depth_sum")
 _PER_SITE = {"kl": torch.float64, "entropy": torch.float64, "top1_agree": torch.int64, "correct": torch.int64,
-             "target_logprob": torch.float64, "settled": torch.int64, "depth_sum": torch.int64}
+             "target_logprob": torch.float64, "settled": torch.int64}
 
 
 def _hist_median(hist: torch.Tensor) -> float:
