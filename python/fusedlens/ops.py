@@ -83,6 +83,15 @@ def target_logit(x: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, bias:
     return out
 
 
+def normalized_rows(hidden: torch.Tensor, norm: FinalNorm, chunk: int = 256) -> torch.Tensor:
+    """norm(hidden) in float32, a chunk of tokens at a time: the norm's temporaries stay
+    small, so the op's memory is one float32 copy of the residuals."""
+    out = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[1], chunk):
+        out[:, start:start + chunk] = norm(hidden[:, start:start + chunk])
+    return out
+
+
 def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets: torch.Tensor | None = None,
                k: int = 1, *, backend: str | None = None, compute: str = "auto", dtype: torch.dtype = torch.float32,
                token_block: int = 8, vocab_tile: int = 1024) -> LensStats:
@@ -118,7 +127,7 @@ def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets:
     backend = pick_backend(hidden.device, backend)
     if backend == "torch":
         return reference.lens_stats(hidden, norm, unembed, targets, k, dtype=dtype, compute=compute)
-    xn = norm(hidden).float().contiguous()
+    xn = normalized_rows(hidden, norm)
     # The C++ kernel rounds xn itself when it gets bf16 weights; Triton gets xn pre-rounded.
     weight = unembed.weight.bfloat16() if compute == "bf16" else unembed.weight.float()
     if compute == "bf16" and backend == "triton":
