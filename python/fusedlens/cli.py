@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--model", default=None, help="HF name, folder or .gguf file (default: embedded SmolLM2-135M)")
     i.add_argument("--gguf-file", default=None, help="GGUF file name inside --model's folder")
     i.set_defaults(func=_cmd_info)
+    from .probe_report import add_probe_command
+    add_probe_command(sub)
     return p
 
 
