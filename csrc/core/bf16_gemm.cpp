@@ -28,14 +28,6 @@ bool has_bf16_dot() {
 #endif
 }
 
-bf16 to_bf16(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof u);
-  if (std::isnan(v)) return bf16{static_cast<uint16_t>((u >> 16) | 0x40)};
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return bf16{static_cast<uint16_t>(u >> 16)};
-}
-
 void round_rows_bf16(const float* src, int64_t lds, int64_t m, int64_t k, bf16* dst) {
   const int64_t k_pad = k + (k & 1);
   for (int64_t r = 0; r < m; ++r) {

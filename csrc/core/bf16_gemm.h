@@ -14,9 +14,6 @@ namespace fusedlens {
 // True when this build uses the CPU's bf16 dot-product instructions.
 bool has_bf16_dot();
 
-// Round-to-nearest-even float -> bf16 (NaN stays NaN).
-bf16 to_bf16(float v);
-
 // Rows of A as bf16 with an even row length: dst [m, k_pad] (k_pad = k rounded up to
 // even; the pad column is zero).
 void round_rows_bf16(const float* src, int64_t lds, int64_t m, int64_t k, bf16* dst);

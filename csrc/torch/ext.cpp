@@ -9,6 +9,8 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn, const torch::Tens
                                       const c10::optional<torch::Tensor>& bias, double softcap,
                                       const torch::Tensor& targets, int64_t k, int64_t token_block,
                                       int64_t vocab_tile);
+int64_t ridge_gram(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& shift_x,
+                const torch::Tensor& shift_y, torch::Tensor& out, int64_t block);
 
 namespace {
 
@@ -54,4 +56,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "fused logit-lens statistics of xn [S, T, d] (site S-1 final) against w [V, d]; see ops.lens_stats",
         py::arg("xn"), py::arg("w"), py::arg("bias"), py::arg("softcap"), py::arg("targets"), py::arg("k"),
         py::arg("token_block") = 8, py::arg("vocab_tile") = 1024);
+  m.def("ridge_gram", &ridge_gram,
+        "out[s] += upper triangle of W_sᵀW_s, W_s = [x[s] - shift_x[s] | y - shift_y | 1] (fp32 GEMM, float64 sum); "
+        "returns 0, or the number of NaN/Inf in x (then out is untouched)",
+        py::arg("x"), py::arg("y"), py::arg("shift_x"), py::arg("shift_y"), py::arg("out"), py::arg("block") = 128);
 }

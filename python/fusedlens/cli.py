@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--gguf-file", default=None, help="GGUF file name inside --model's folder")
     i.set_defaults(func=_cmd_info)
     _add_run_parser(sub)
+    from .probe_report import add_probe_command
+    add_probe_command(sub)
     return p
 
 
