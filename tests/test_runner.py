@@ -168,3 +168,25 @@ def test_two_processes_equal_one(model_dir, corpus_file, tmp_path):
     for a, b in zip(_layers(one), _layers(two)):
         for key, value in a.items():
             assert b[key] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-5, abs=1e-7)), key
+
+
+def test_run_probes_match_accumulators_built_by_hand(lm, corpus_file, tmp_path):
+    from fusedlens import ops
+    from fusedlens.capture import capture_residuals
+    from fusedlens.ridge import RidgeAccumulator
+    from fusedlens.ridge_solve import cross_validate
+
+    summary = run(RunConfig(corpus=[corpus_file], out=str(tmp_path), seq_len=64, batch_size=4, max_tokens=64 * 24,
+                            probes=["logit"], progress=False), lm=lm)
+    seqs = list(iter_sequences(lm.tokenizer, [corpus_file], 64, stop=24))
+    accs = [RidgeAccumulator(len(summary["sites"]), lm.d_model, 1) for _ in range(6)]
+    for s in seqs:
+        res = capture_residuals(lm, s.ids[None])
+        has = res.targets >= 0
+        y = ops.target_logit(lm.norm(res.hidden[-1][has]), lm.unembed.weight, res.targets[has], lm.unembed.bias)
+        accs[s.index % 6].update(res.hidden[:, has], y)
+    want = cross_validate(accs[:5], accs[5])
+    for row, fits in zip(summary["layers"], want):
+        assert row["probe_logit_r2_heldout"] == pytest.approx(fits[0]["r2_heldout"], rel=1e-5, abs=1e-6)
+        assert row["probe_logit_alpha"] == fits[0]["alpha"]
+        assert row["probe_logit_n_train"] == fits[0]["n_train"] > 0

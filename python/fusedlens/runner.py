@@ -199,7 +199,7 @@ def run(cfg: RunConfig, lm=None) -> dict:
             agg.update(stats, res.targets)
             t = timers.add("lens", t)
             if probes is not None:
-                probes.update(res)
+                probes.update(res, torch.tensor([s.index for s in batch])[res.batch_index])
                 t = timers.add("probes", t)
             if writer is not None:
                 seq_of_row = torch.tensor([s.index for s in batch])[res.batch_index]
@@ -232,6 +232,6 @@ def _tuned_lens(cfg: RunConfig, lm):
 def _probes(cfg: RunConfig, lm, sites):
     if not cfg.probes:
         return None
-    from .probe import CorpusProbes  # the ridge-probe module (issue 4)
+    from .run_probes import CorpusProbes
 
     return CorpusProbes(lm, sites, cfg.probes)
