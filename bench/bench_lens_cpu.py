@@ -15,10 +15,12 @@ def inputs(request):
 
 
 @pytest.mark.benchmark(group="lens_stats")
-@pytest.mark.parametrize("variant", ["fused_cpu", "naive_torch", "bare_gemm"])
+@pytest.mark.parametrize("variant", ["fused_cpu", "fused_cpu_bf16", "naive_torch", "bare_gemm"])
 def test_lens_stats(benchmark, inputs, variant):
     hidden, norm, unembed, targets = inputs
-    if variant == "fused_cpu":
+    if variant.startswith("fused_cpu"):
+        if variant.endswith("bf16"):
+            unembed = type(unembed)(unembed.weight.bfloat16())
         benchmark.pedantic(ops.lens_stats, (hidden, norm, unembed, targets, 5), {"backend": "cpu"}, rounds=2)
     elif variant == "naive_torch":
         benchmark.pedantic(naive, (hidden, norm, unembed, targets), rounds=2)

@@ -1,12 +1,12 @@
 """Fused lens_stats vs naive PyTorch vs the bare GEMM, each in a fresh process.
 
 python bench/lens_cpu.py [--tokens 2048] [--vocabs 49152 128256] [--out bench/results/lens_cpu.json]
-Writes times, ratios and peak RSS (the op's growth over its inputs) per variant.
+Writes times, ratios and peak RSS (the op's growth over its inputs: Linux's VmHWM,
+reset after the inputs are built) per variant.
 """
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -14,6 +14,7 @@ import time
 import torch
 
 SITES, D_MODEL = 31, 576
+VARIANTS = ("bare_gemm", "fused_cpu", "fused_cpu_bf16", "naive_torch")
 
 
 def make_inputs(tokens, vocab, seed=0):
@@ -22,7 +23,7 @@ def make_inputs(tokens, vocab, seed=0):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(SITES, tokens, D_MODEL, generator=g)
     norm = FinalNorm("rmsnorm", torch.rand(D_MODEL, generator=g) + 0.5, None, 1e-5)
-    unembed = Unembed(torch.randn(vocab, D_MODEL, generator=g) / D_MODEL ** 0.5)
+    unembed = Unembed(torch.randn(vocab, D_MODEL, generator=g).div_(D_MODEL ** 0.5))
     targets = torch.randint(0, vocab, (tokens,), generator=g)
     return hidden, norm, unembed, targets
 
@@ -57,18 +58,41 @@ def run_variant(variant, tokens, vocab, repeats):
     from fusedlens import ops
 
     hidden, norm, unembed, targets = make_inputs(tokens, vocab)
+    unembed_bf16 = type(unembed)(unembed.weight.bfloat16()) if variant == "fused_cpu_bf16" else None
     fn = {"fused_cpu": lambda: ops.lens_stats(hidden, norm, unembed, targets, 5, backend="cpu"),
+          "fused_cpu_bf16": lambda: ops.lens_stats(hidden, norm, unembed_bf16, targets, 5, backend="cpu"),
           "naive_torch": lambda: naive(hidden, norm, unembed, targets),
           "bare_gemm": lambda: bare_gemm(norm(hidden), unembed.weight)}[variant]
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = reset_peak_rss()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = rss_kib("VmHWM")
     return {"variant": variant, "tokens": tokens, "vocab": vocab, "sites": SITES, "d_model": D_MODEL,
             "seconds": min(times), "peak_rss_growth_mib": (peak - base) / 1024, "threads": torch.get_num_threads()}
+
+
+def rss_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def reset_peak_rss():
+    """Linux: make the peak RSS (VmHWM) restart from the current RSS, so that the
+    peak measured after the op is the op's own, not that of building its inputs."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return rss_kib("VmRSS")
+
+
+def machine():
+    from fusedlens import _C
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return {"cpu": cpu, "cpus": os.cpu_count(), "torch": torch.__version__, "bf16_dot": _C.has_bf16_dot(),
+            "load_average": os.getloadavg()}
 
 
 def main():
@@ -85,7 +109,7 @@ def main():
     rows = []
     for vocab in args.vocabs:
         res = {}
-        for variant in ("bare_gemm", "fused_cpu", "naive_torch"):
+        for variant in VARIANTS:
             out = subprocess.run([sys.executable, __file__, "--one", variant, str(args.tokens), str(vocab),
                                   "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
             res[variant] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -93,12 +117,13 @@ def main():
         rows.append({"vocab": vocab, "tokens": args.tokens, "sites": SITES, "results": res,
                      "fused_over_gemm": res["fused_cpu"]["seconds"] / res["bare_gemm"]["seconds"],
                      "naive_over_fused": res["naive_torch"]["seconds"] / res["fused_cpu"]["seconds"],
+                     "bf16_over_fp32_fused": res["fused_cpu_bf16"]["seconds"] / res["fused_cpu"]["seconds"],
                      "fused_over_naive_memory": res["fused_cpu"]["peak_rss_growth_mib"]
                      / max(res["naive_torch"]["peak_rss_growth_mib"], 1e-9)})
         print({k: v for k, v in rows[-1].items() if k != "results"}, flush=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"machine": {"cpus": os.cpu_count(), "torch": torch.__version__}, "rows": rows}, f, indent=2)
+        json.dump({"machine": machine(), "rows": rows}, f, indent=2)
     print("wrote", args.out)
 
 

@@ -50,5 +50,8 @@ def test_demo_writes_table_json_png(real_lm, tmp_path, capsys):
     assert 0.05 < rows[-1]["next_token_accuracy"] < 1
     saved = json.loads((tmp_path / "demo.json").read_text())
     assert saved["tokens"] == 96 and len(saved["layers"]) == 31
+    assert saved["mean_prediction_depth"] == pytest.approx(sum(1 - r["settled_fraction"] for r in rows))
+    assert 0 < saved["mean_prediction_depth"] < 30
     assert (tmp_path / "demo_logit_lens.png").stat().st_size > 10_000
+    assert (tmp_path / "demo_lens_grid.png").stat().st_size > 10_000
     assert "kl_to_final" in capsys.readouterr().out

@@ -144,7 +144,9 @@ def test_identical_distributions_give_zero():
 
 
 @pytest.mark.parametrize("mutate,match", [
-    (lambda x, f: (x.masked_fill(x > 3, float("nan")), f), "NaN"),
+    (lambda x, f: (x.index_put((torch.tensor([1]), torch.tensor([2]), torch.tensor([3])), torch.tensor(float("nan"))),
+                   f), "NaN"),
+    (lambda x, f: (x, f.index_fill(0, torch.tensor([1]), float("inf"))), "NaN/Inf"),
     (lambda x, f: (x[..., :-1], f), "d_model"),
     (lambda x, f: (x, f[:-1]), "one per token"),
     (lambda x, f: (x[:, :0], f[:0]), "empty"),

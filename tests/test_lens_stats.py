@@ -30,13 +30,15 @@ def make_case(sites, tokens, d, vocab, *, scale=1.0, norm_kind="rmsnorm", bias=T
     return hidden, norm, unembed, targets
 
 
-def float64_logits(hidden, norm, unembed):
-    return unembed(norm(hidden.double()))
+def float64_logits(hidden, norm, unembed, compute="fp32"):
+    xn, head = reference.matmul_operands(hidden if compute == "bf16" else hidden.double(), norm, unembed, compute)
+    return head(xn.double())
 
 
-def float32_error(hidden, norm, unembed, logits):
+def float32_error(hidden, norm, unembed, logits, compute="fp32"):
     """Per row, how far float32 arithmetic moves the logits: the scale of a genuine near-tie."""
-    z32 = unembed(norm(hidden.float()).float()).double()
+    xn, head = reference.matmul_operands(hidden.float(), norm, unembed, compute)
+    z32 = head(xn.float()).double()
     return NEAR * (z32 - logits).abs().amax(-1, keepdim=True) + 1e-12
 
 
@@ -74,13 +76,14 @@ def assert_close_stats(got, want, logits, targets, scale):
     assert torch.equal(got.prediction_depth[depth_ok], want.prediction_depth[depth_ok])
 
 
-def check(backend, case, k):
+def check(backend, case, k, compute="fp32", **tiles):
     hidden, norm, unembed, targets = case
-    got = ops.lens_stats(hidden, norm, unembed, targets, k, backend=backend,
-                         **({"token_block": 3, "vocab_tile": 256} if backend == "cpu" else {}))
-    want = reference.lens_stats(hidden, norm, unembed, targets, k)
-    logits = float64_logits(hidden, norm, unembed)
-    assert_close_stats(got, want, logits, targets, float32_error(hidden, norm, unembed, logits))
+    if backend == "cpu":
+        tiles = tiles or {"token_block": 3, "vocab_tile": 256}
+    got = ops.lens_stats(hidden, norm, unembed, targets, k, backend=backend, compute=compute, **tiles)
+    want = reference.lens_stats(hidden, norm, unembed, targets, k, compute=compute)
+    logits = float64_logits(hidden, norm, unembed, compute)
+    assert_close_stats(got, want, logits, targets, float32_error(hidden, norm, unembed, logits, compute))
     return got, want
 
 
@@ -141,10 +144,47 @@ def test_half_precision_hidden_states(backend, hdtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_bfloat16_weights(backend):
-    # Tolerance as float32: the reference sees the same bf16-rounded weights, and
-    # the kernels accumulate in float32.
-    check(backend, make_case(3, 6, 64, 1031, wdtype=torch.bfloat16), 5)
+@pytest.mark.parametrize("compute", ["fp32", "bf16"])
+def test_bfloat16_weights(backend, compute):
+    # Tolerance as float32 in both modes: the reference sees the same operands
+    # (bf16 weights; with "bf16" also the bf16-rounded residual), and the kernels
+    # accumulate in float32.
+    check(backend, make_case(3, 6, 64, 1031, wdtype=torch.bfloat16), 5, compute)
+
+
+@pytest.mark.parametrize("shape", [(2, 13, 577, 1000), (3, 40, 64, 2053), (1, 1, 7, 33)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_bf16_sweep_odd_shapes(shape):
+    # The bf16 tile kernel's edges: rows not a multiple of its 12-row block, vocab
+    # not a multiple of its 32-column panel or of the tile, odd d_model, and several
+    # token groups sharing one packed tile (token_block 4 < tokens).
+    case = make_case(*shape, wdtype=torch.bfloat16)
+    check("cpu", case, 3, "bf16", token_block=4, vocab_tile=96)
+
+
+def test_bf16_compute_stays_within_its_stated_bound():
+    # "bf16" moves each logit by at most 2^-9 · Σ|x̂ᵢ wᵢ| from the float64 logits of
+    # the unrounded residual; and it rounds fp32 weights too.
+    hidden, norm, unembed, targets = make_case(3, 8, 96, 701)
+    got = ops.lens_stats(hidden, norm, unembed, targets, 1, compute="bf16")
+    xn = norm(hidden.double())
+    w = unembed.weight.bfloat16().double()
+    z = xn @ w.T + unembed.bias.double()
+    bound = 2.0 ** -9 * (xn.abs() @ w.abs().T) + 1e-4
+    z_t = z.gather(-1, targets.clamp_min(0).expand(3, 8)[..., None])[..., 0]
+    has = targets >= 0
+    assert bool(((got.target_logit.double() - z_t).abs() <= bound.amax(-1))[:, has].all())
+    assert bool((got.lse.double() - torch.logsumexp(z, -1)).abs().max() <= bound.amax())
+
+
+def test_compute_auto_follows_the_weights():
+    hidden, norm, unembed, targets = make_case(2, 5, 32, 211, wdtype=torch.bfloat16)
+    auto = ops.lens_stats(hidden, norm, unembed, targets, 2)
+    bf16 = ops.lens_stats(hidden, norm, unembed, targets, 2, compute="bf16")
+    fp32 = ops.lens_stats(hidden, norm, unembed, targets, 2, compute="fp32")
+    assert torch.equal(auto.lse, bf16.lse) and not torch.equal(auto.lse, fp32.lse)
+    with pytest.raises(ValueError, match="compute"):
+        ops.lens_stats(hidden, norm, unembed, targets, 2, compute="fp8")
 
 
 def test_flat_rows_are_one_site():

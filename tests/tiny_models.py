@@ -100,3 +100,18 @@ def tiny_model(arch: str, *, seed: int = 0, lm_head_bias: bool = False, **config
 def random_batch(batch: int = 2, seq: int = 7, vocab: int = VOCAB) -> torch.Tensor:
     """Fresh random ids each call (no fixed seed: inputs vary from run to run)."""
     return torch.randint(0, vocab, (batch, seq))
+
+
+def tiny_tokenizer():
+    """A character-level HF fast tokenizer whose 100 ids fit the tiny vocab (one token per character)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}  # pad/bos/eos as in the tiny configs
+    for ch in [chr(c) for c in range(32, 127)] + ["\n"]:
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r".|\n"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>")

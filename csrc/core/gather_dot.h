@@ -13,6 +13,14 @@ struct bf16 {
   uint16_t bits;
 };
 
+inline bf16 to_bf16(float f) {  // round to nearest even (NaN stays NaN: its top bits are kept)
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return bf16{static_cast<uint16_t>((u >> 16) | 0x40)};
+  u += 0x7FFF + ((u >> 16) & 1);
+  return bf16{static_cast<uint16_t>(u >> 16)};
+}
+
 inline float to_float(float v) { return v; }
 inline float to_float(bf16 v) {
   uint32_t u = static_cast<uint32_t>(v.bits) << 16;

@@ -7,13 +7,7 @@
 #include "../core/gather_dot.h"
 
 using fusedlens::bf16;
-
-static bf16 to_bf16(float f) {  // round to nearest even
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  u += 0x7FFF + ((u >> 16) & 1);
-  return bf16{static_cast<uint16_t>(u >> 16)};
-}
+using fusedlens::to_bf16;
 
 template <typename W>
 static int check(int64_t rows, int64_t d, int64_t vocab, bool with_bias, std::mt19937& rng) {

@@ -2,12 +2,15 @@
 // dtype dispatch live here; the numerics are in csrc/core.
 #include <torch/extension.h>
 
+#include "../core/bf16_gemm.h"
 #include "../core/gather_dot.h"
 
 std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn, const torch::Tensor& w,
                                       const c10::optional<torch::Tensor>& bias, double softcap,
                                       const torch::Tensor& targets, int64_t k, int64_t token_block,
                                       int64_t vocab_tile);
+int64_t ridge_gram(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& shift_x,
+                const torch::Tensor& shift_y, torch::Tensor& out, int64_t block);
 std::vector<torch::Tensor> lens_kl(const torch::Tensor& xn, const torch::Tensor& xf, const torch::Tensor& w,
                                    const c10::optional<torch::Tensor>& bias, double softcap, bool with_grad,
                                    int64_t token_block, int64_t vocab_tile);
@@ -51,10 +54,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedlens C++ CPU kernels";
   m.def("gather_dot", &gather_dot, "out[r] = x[r] . w[ids[r]] (+ bias[ids[r]]), NaN where ids[r] < 0",
         py::arg("x"), py::arg("w"), py::arg("ids"), py::arg("bias") = py::none());
+  m.def("has_bf16_dot", &fusedlens::has_bf16_dot, "whether the bf16 sweep uses the CPU's bf16 dot instructions");
   m.def("lens_stats", &lens_stats,
         "fused logit-lens statistics of xn [S, T, d] (site S-1 final) against w [V, d]; see ops.lens_stats",
         py::arg("xn"), py::arg("w"), py::arg("bias"), py::arg("softcap"), py::arg("targets"), py::arg("k"),
         py::arg("token_block") = 8, py::arg("vocab_tile") = 1024);
+  m.def("ridge_gram", &ridge_gram,
+        "out[s] += upper triangle of W_sᵀW_s, W_s = [x[s] - shift_x[s] | y - shift_y | 1] (fp32 GEMM, float64 sum); "
+        "returns 0, or the number of NaN/Inf in x (then out is untouched)",
+        py::arg("x"), py::arg("y"), py::arg("shift_x"), py::arg("shift_y"), py::arg("out"), py::arg("block") = 128);
   m.def("lens_kl", &lens_kl,
         "fused KL(p_final || q_site) of xn [L, T, d] against the final rows xf [T, d], and optionally its "
         "gradient wrt xn; see fusedlens.lens_kl",

@@ -1,49 +1,85 @@
-// Fused logit-lens statistics on CPU: tile GEMMs through ATen (MKL/oneDNN), the
-// online epilogue from csrc/core, token blocks spread over threads with
-// at::parallel_for. Logits exist one [rows x vocab_tile] tile at a time.
+// Fused logit-lens statistics on CPU: tile GEMMs through ATen (float32 weights) or
+// the bf16-dot kernel of csrc/core (bfloat16 weights), the online epilogue from
+// csrc/core, token groups spread over threads with at::parallel_for. Logits exist
+// one [rows x vocab_tile] tile at a time.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "../core/bf16_gemm.h"
 #include "../core/gather_dot.h"
 #include "../core/lens_epilogue.h"
 
 namespace {
 
+using fusedlens::bf16;
 using fusedlens::RowQuery;
 using fusedlens::RowState;
 
+// W_U as the sweep multiplies it: float32 through ATen's GEMM, or bfloat16 through
+// the bf16-dot tile kernel (the rows were rounded to bf16 before the sweep).
 struct Sweep {
-  const torch::Tensor& w;  // [V, d] float32
+  torch::Tensor w;         // [V, d] float32 or bfloat16
   const float* bias;       // [V] or null
   float cap;               // <= 0: none
   int64_t vocab_tile;
+  bool bf16() const { return w.scalar_type() == torch::kBFloat16; }
 };
 
-// Fold every vocab tile into the states of a block of rows A [sites * tokens, d],
-// site-major. With lse_final, the last site's rows are the final layer: their
-// probabilities on each tile give every other site's KL term.
-void sweep_block(const Sweep& sw, const torch::Tensor& A, int64_t sites, int64_t tokens, RowState* st,
-                 const RowQuery* q, const float* lse_final, float* pf_total, std::vector<float>& tile,
-                 std::vector<float>& pf) {
-  const int64_t rows = sites * tokens, V = sw.w.size(0);
-  tile.resize(rows * sw.vocab_tile);
-  pf.resize(sw.vocab_tile);
+// One group of tokens: rows A [sites * tokens, d] site-major (the last site's rows
+// are the final layer), their running states and queries.
+struct Group {
+  torch::Tensor a;          // float32 rows (float32 sweep)
+  std::vector<bf16> a16;    // the same rows as bf16, even row length (bf16 sweep)
+  int64_t sites, tokens;
+  RowState* st;
+  const RowQuery* q;
+  const float* lse_final;   // null: no KL (phase 1)
+  float* pf_total;
+};
+
+// Fold every vocab tile into the states of each group's rows. A tile of W_U is
+// packed once and used by all groups; logits exist one [rows x tile] block at a time.
+void sweep(const Sweep& sw, std::vector<Group>& groups) {
+  const int64_t V = sw.w.size(0), d = sw.w.size(1), k_pad = d + (d & 1);
+  const int64_t ld_max = (sw.vocab_tile + 31) / 32 * 32;
+  int64_t max_rows = 0;
+  for (auto& g : groups) {
+    max_rows = std::max(max_rows, g.sites * g.tokens);
+    if (sw.bf16() && g.a16.empty()) {
+      g.a16.resize(g.sites * g.tokens * k_pad);
+      fusedlens::round_rows_bf16(g.a.data_ptr<float>(), d, g.sites * g.tokens, d, g.a16.data());
+    }
+  }
+  std::vector<float> tile(max_rows * ld_max), pf(sw.vocab_tile);
+  std::vector<uint32_t> packed(sw.bf16() ? fusedlens::packed_b_size(sw.vocab_tile, d) : 0);
+  const auto* w16 = sw.bf16() ? reinterpret_cast<const bf16*>(sw.w.data_ptr()) : nullptr;
   for (int64_t v0 = 0; v0 < V; v0 += sw.vocab_tile) {
     const int64_t width = std::min(sw.vocab_tile, V - v0);
-    auto out = torch::from_blob(tile.data(), {rows, width}, A.options());
-    at::mm_out(out, A, sw.w.narrow(0, v0, width).t());
-    for (int64_t r = 0; r < rows; ++r)
-      fusedlens::bias_and_cap(tile.data() + r * width, sw.bias ? sw.bias + v0 : nullptr, sw.cap, width);
-    for (int64_t j = 0; j < tokens; ++j) {
-      const float* zf = tile.data() + ((sites - 1) * tokens + j) * width;
-      if (lse_final) pf_total[j] += fusedlens::final_probs(zf, lse_final[j], pf.data(), width);
-      for (int64_t s = 0; s < sites; ++s) {
-        const int64_t r = s * tokens + j;
-        fusedlens::fold_tile(st[r], q[r], tile.data() + r * width, v0, width, lse_final ? pf.data() : nullptr, zf);
+    const int64_t ld = sw.bf16() ? (width + 31) / 32 * 32 : width;
+    if (sw.bf16()) fusedlens::pack_b(w16 + v0 * d, d, width, d, packed.data());
+    for (auto& g : groups) {
+      const int64_t rows = g.sites * g.tokens;
+      if (sw.bf16()) {
+        fusedlens::gemm_bf16(g.a16.data(), k_pad, rows, d, packed.data(), width, tile.data(), ld);
+      } else {
+        auto out = torch::from_blob(tile.data(), {rows, width}, g.a.options());
+        at::mm_out(out, g.a, sw.w.narrow(0, v0, width).t());
+      }
+      for (int64_t r = 0; r < rows; ++r)
+        fusedlens::bias_and_cap(tile.data() + r * ld, sw.bias ? sw.bias + v0 : nullptr, sw.cap, width);
+      for (int64_t j = 0; j < g.tokens; ++j) {
+        const float* zf = tile.data() + ((g.sites - 1) * g.tokens + j) * ld;
+        if (g.lse_final) g.pf_total[j] += fusedlens::final_probs(zf, g.lse_final[j], pf.data(), width);
+        for (int64_t s = 0; s < g.sites; ++s) {
+          const int64_t r = s * g.tokens + j;
+          fusedlens::fold_tile(g.st[r], g.q[r], tile.data() + r * ld, v0, width,
+                               g.lse_final ? pf.data() : nullptr, zf);
+        }
       }
     }
   }
@@ -51,28 +87,62 @@ void sweep_block(const Sweep& sw, const torch::Tensor& A, int64_t sites, int64_t
 
 float capped(float z, float cap) { return cap > 0.f ? cap * std::tanh(z / cap) : z; }
 
+// Groups of group_tokens tokens go to threads in units of up to 4 groups, so that a
+// packed bf16 tile serves several GEMMs, while every thread still gets a few units.
+template <typename Fn>
+void for_each_unit(int64_t T, int64_t group_tokens, Fn&& fn) {
+  const int64_t groups = (T + group_tokens - 1) / group_tokens;
+  const int64_t per_unit = std::clamp<int64_t>(groups / (2 * at::get_num_threads()), 1, 4);
+  const int64_t unit = group_tokens * per_unit;
+  at::parallel_for(0, (T + unit - 1) / unit, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) fn(u * unit, std::min(unit, T - u * unit));
+  });
+}
+
+// Each row's logit at ids[r] (< 0: NaN), plus the bias: the rank thresholds.
+std::vector<float> logits_at(const Sweep& sw, const torch::Tensor& xn, const std::vector<int64_t>& ids) {
+  const int64_t rows = static_cast<int64_t>(ids.size()), d = xn.size(-1);
+  std::vector<float> out(rows);
+  if (sw.bf16())
+    fusedlens::gather_dot<bf16>(xn.data_ptr<float>(), d, reinterpret_cast<const bf16*>(sw.w.data_ptr()), d,
+                                nullptr, ids.data(), out.data(), rows, d);
+  else
+    fusedlens::gather_dot<float>(xn.data_ptr<float>(), d, sw.w.data_ptr<float>(), d, nullptr, ids.data(),
+                                 out.data(), rows, d);
+  if (sw.bias)
+    for (int64_t r = 0; r < rows; ++r)
+      if (ids[r] >= 0) out[r] += sw.bias[ids[r]];
+  return out;
+}
+
 }  // namespace
 
-// xn [S, T, d] float32 normalised residuals (site S-1 = final layer); w [V, d] float32;
-// targets [T] int64 (-1: none). Returns lse, entropy, topk_ids, topk_logits,
-// target_logit, target_rank, kl_to_final, final_top1_rank (all [S, T] or [S, T, k]).
+// xn [S, T, d] float32 normalised residuals (site S-1 = final layer); w [V, d] float32
+// or bfloat16; targets [T] int64 (-1: none). With bf16 w the rows are rounded to bf16
+// first, so the statistics are those of bf16(xn) . W. Returns lse, entropy, topk_ids,
+// topk_logits, target_logit, target_rank, kl_to_final, final_top1_rank ([S, T] or [S, T, k]).
 std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::Tensor& w_in,
                                       const c10::optional<torch::Tensor>& bias_in, double softcap,
                                       const torch::Tensor& targets_in, int64_t k, int64_t token_block,
                                       int64_t vocab_tile) {
   TORCH_CHECK(xn_in.dim() == 3 && w_in.dim() == 2 && targets_in.dim() == 1, "lens_stats: bad ranks");
-  TORCH_CHECK(xn_in.scalar_type() == torch::kFloat32 && w_in.scalar_type() == torch::kFloat32,
-              "lens_stats: float32 xn and w expected");
+  TORCH_CHECK(xn_in.scalar_type() == torch::kFloat32, "lens_stats: float32 xn expected");
+  TORCH_CHECK(w_in.scalar_type() == torch::kFloat32 || w_in.scalar_type() == torch::kBFloat16,
+              "lens_stats: float32 or bfloat16 w expected");
   TORCH_CHECK(k >= 1 && k <= fusedlens::kMaxTopK && k <= w_in.size(0), "lens_stats: k out of range");
-  const auto xn = xn_in.contiguous();
-  const auto w = w_in.contiguous();
+  TORCH_CHECK(token_block >= 1 && vocab_tile >= 1, "lens_stats: token_block and vocab_tile must be positive");
+  const bool round_bf16 = w_in.scalar_type() == torch::kBFloat16;
+  // The residual the bf16 dot product sees; without bf16 instructions, the same
+  // numbers go through the float32 GEMM.
+  const auto xn = round_bf16 ? xn_in.to(torch::kBFloat16).to(torch::kFloat32) : xn_in.contiguous();
+  const auto w = round_bf16 && !fusedlens::has_bf16_dot() ? w_in.to(torch::kFloat32) : w_in.contiguous();
   const auto targets = targets_in.to(torch::kInt64).contiguous();
-  const int64_t S = xn.size(0), T = xn.size(1), d = xn.size(2), V = w.size(0);
+  const int64_t S = xn.size(0), T = xn.size(1), d = xn.size(2);
   TORCH_CHECK(w.size(1) == d && targets.size(0) == T, "lens_stats: shape mismatch");
   torch::Tensor bias;
   if (bias_in.has_value()) bias = bias_in->to(torch::kFloat32).contiguous();
   const float cap = softcap > 0 ? static_cast<float>(softcap) : 0.f;
-  const Sweep sw{w, bias.defined() ? bias.data_ptr<float>() : nullptr, cap, std::max<int64_t>(16, vocab_tile)};
+  const Sweep sw{w, bias.defined() ? bias.data_ptr<float>() : nullptr, cap, std::max<int64_t>(32, vocab_tile)};
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const int64_t* tgt = targets.data_ptr<int64_t>();
 
@@ -80,32 +150,31 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
   std::vector<float> lse_final(T);
   std::vector<int64_t> top1_final(T);
   const torch::Tensor final_rows = xn[S - 1];
-  const int64_t p1_block = std::max<int64_t>(token_block * S, 16);
-  at::parallel_for(0, (T + p1_block - 1) / p1_block, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> tile, pf;
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t t0 = b * p1_block, n = std::min(p1_block, T - t0);
-      std::vector<RowState> st(n);
-      std::vector<RowQuery> q(n, RowQuery{-1, nan, -1, nan});
-      for (auto& s : st) s.reset(1);
-      sweep_block(sw, final_rows.narrow(0, t0, n), 1, n, st.data(), q.data(), nullptr, nullptr, tile, pf);
-      for (int64_t j = 0; j < n; ++j) {
-        lse_final[t0 + j] = st[j].lse();
-        top1_final[t0 + j] = st[j].top_id[0];
-      }
+  const int64_t p1_tokens = std::max<int64_t>(token_block * S, 16);
+  for_each_unit(T, p1_tokens, [&](int64_t t0, int64_t n) {
+    std::vector<RowState> st(n);
+    std::vector<RowQuery> q(n, RowQuery{-1, nan, -1, nan});
+    for (auto& s : st) s.reset(1);
+    std::vector<Group> groups;
+    for (int64_t g0 = 0; g0 < n; g0 += p1_tokens) {
+      const int64_t m = std::min(p1_tokens, n - g0);
+      groups.push_back(Group{final_rows.narrow(0, t0 + g0, m), {}, 1, m, st.data() + g0, q.data() + g0, nullptr,
+                             nullptr});
+    }
+    sweep(sw, groups);
+    for (int64_t j = 0; j < n; ++j) {
+      lse_final[t0 + j] = st[j].lse();
+      top1_final[t0 + j] = st[j].top_id[0];
     }
   });
 
-  // Each row's logit at its target and at the final top-1: the rank thresholds.
   std::vector<int64_t> ids_t(S * T), ids_f(S * T);
   for (int64_t s = 0; s < S; ++s)
     for (int64_t t = 0; t < T; ++t) {
       ids_t[s * T + t] = tgt[t] >= 0 ? tgt[t] : -1;
       ids_f[s * T + t] = top1_final[t];
     }
-  std::vector<float> z_t(S * T), z_f(S * T);
-  fusedlens::gather_dot<float>(xn.data_ptr<float>(), d, w.data_ptr<float>(), d, sw.bias, ids_t.data(), z_t.data(), S * T, d);
-  fusedlens::gather_dot<float>(xn.data_ptr<float>(), d, w.data_ptr<float>(), d, sw.bias, ids_f.data(), z_f.data(), S * T, d);
+  const std::vector<float> z_t = logits_at(sw, xn, ids_t), z_f = logits_at(sw, xn, ids_f);
 
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
   auto i64 = torch::TensorOptions().dtype(torch::kInt64);
@@ -115,32 +184,41 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
   auto topk_ids = torch::empty({S, T, k}, i64);
   auto topk_logits = torch::empty({S, T, k}, f32);
 
-  // Phase 2: all sites of a token block together, so the final row shares each tile.
-  at::parallel_for(0, (T + token_block - 1) / token_block, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> tile, pf;
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t t0 = b * token_block, n = std::min(token_block, T - t0);
-      const auto A = xn.narrow(1, t0, n).reshape({S * n, d}).contiguous();
-      std::vector<RowState> st(S * n);
-      std::vector<RowQuery> q(S * n);
+  // Phase 2: all sites of a token group together, so the final row shares each tile.
+  for_each_unit(T, token_block, [&](int64_t t0, int64_t n) {
+    std::vector<RowState> st(S * n);
+    std::vector<RowQuery> q(S * n);
+    std::vector<float> pf_total(n, 0.f);
+    std::vector<Group> groups;
+    std::vector<int64_t> starts;
+    for (int64_t g0 = 0; g0 < n; g0 += token_block) {
+      starts.push_back(g0);
+      const int64_t m = std::min(token_block, n - g0);
+      RowState* gst = st.data() + S * g0;
+      RowQuery* gq = q.data() + S * g0;
       for (int64_t s = 0; s < S; ++s)
-        for (int64_t j = 0; j < n; ++j) {
-          const int64_t r = s * n + j, g = s * T + t0 + j;
-          st[r].reset(static_cast<int>(k));
-          q[r] = RowQuery{ids_t[g], capped(z_t[g], cap), ids_f[g], capped(z_f[g], cap)};
+        for (int64_t j = 0; j < m; ++j) {
+          const int64_t g = s * T + t0 + g0 + j;
+          gst[s * m + j].reset(static_cast<int>(k));
+          gq[s * m + j] = RowQuery{ids_t[g], capped(z_t[g], cap), ids_f[g], capped(z_f[g], cap)};
         }
-      std::vector<float> pf_total(n, 0.f);
-      sweep_block(sw, A, S, n, st.data(), q.data(), lse_final.data() + t0, pf_total.data(), tile, pf);
+      groups.push_back(Group{xn.narrow(1, t0 + g0, m).reshape({S * m, d}).contiguous(), {}, S, m, gst, gq,
+                             lse_final.data() + t0 + g0, pf_total.data() + g0});
+    }
+    sweep(sw, groups);
+    for (size_t gi = 0; gi < groups.size(); ++gi) {
+      const Group& grp = groups[gi];
+      const int64_t m = grp.tokens, first = starts[gi];
       for (int64_t s = 0; s < S; ++s)
-        for (int64_t j = 0; j < n; ++j) {
-          const RowState& r = st[s * n + j];
-          const int64_t g = s * T + t0 + j;
+        for (int64_t j = 0; j < m; ++j) {
+          const RowState& r = grp.st[s * m + j];
+          const int64_t g = s * T + t0 + first + j;
           const float l = r.lse();
           lse.data_ptr<float>()[g] = l;
           entropy.data_ptr<float>()[g] = r.entropy();
           // KL = E_pf[z_f - z] - lse_f + lse, with this sweep's own final lse.
-          const float lse_f = st[(S - 1) * n + j].lse();
-          kl.data_ptr<float>()[g] = s == S - 1 ? 0.f : std::max(0.f, r.kl / pf_total[j] - lse_f + l);
+          const float lse_f = grp.st[(S - 1) * m + j].lse();
+          kl.data_ptr<float>()[g] = s == S - 1 ? 0.f : std::max(0.f, r.kl / grp.pf_total[j] - lse_f + l);
           const bool has_target = ids_t[g] >= 0;
           target_logit.data_ptr<float>()[g] = has_target ? r.seen_target_logit : nan;
           target_rank.data_ptr<int64_t>()[g] = has_target ? r.rank_target : -1;

@@ -9,6 +9,7 @@ to rows, so padding never reaches a statistic.
 from __future__ import annotations
 
 import inspect
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -108,8 +109,16 @@ class ResidualCapture:
         self._handles: list = []
         self._mask: torch.Tensor | None = None
         self.store: dict[str, torch.Tensor] = {}
+        self.emit_seconds = 0.0  # time spent handing rows out (and in consumers), for throughput reports
 
     def _emit(self, site: str, h: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._emit_rows(site, h)
+        finally:
+            self.emit_seconds += time.perf_counter() - t0
+
+    def _emit_rows(self, site: str, h: torch.Tensor) -> None:
         h = h.detach()
         if self._mask is None:
             rows = h.flatten(0, -2)

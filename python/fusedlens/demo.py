@@ -6,10 +6,9 @@ import time
 
 import torch
 
-from . import ops, report
-from .capture import ResidualCapture
+from . import report
+from .lens import LogitLens
 from .models import LensModel, load_model
-from .reference import LensStats
 
 
 def pydoc_text() -> str:
@@ -19,16 +18,22 @@ def pydoc_text() -> str:
     return "\n\n".join(topics[key] for key in sorted(topics))
 
 
-def token_batches(tokenizer, text: str, n_tokens: int, seq_len: int) -> torch.Tensor:
-    """The first n_tokens of text, cut into sequences of at most seq_len tokens."""
+def first_tokens(tokenizer, text: str, n_tokens: int) -> torch.Tensor:
+    """The first n_tokens token ids of text (no special tokens), as a 1-D tensor."""
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0][:n_tokens]
     if ids.numel() == 0:
         raise ValueError("text: the corpus is empty")
+    return ids
+
+
+def token_batches(tokenizer, text: str, n_tokens: int, seq_len: int) -> list[torch.Tensor]:
+    """The first n_tokens of text, cut into sequences of at most seq_len tokens."""
+    ids = first_tokens(tokenizer, text, n_tokens)
     return [ids[i:i + seq_len] for i in range(0, ids.numel(), seq_len)]
 
 
 def run_demo(n_tokens: int = 2048, seq_len: int = 512, out_dir: str = "fusedlens_out", k: int = 1,
-             lm: LensModel | None = None, quiet: bool = False) -> list[dict]:
+             lm: LensModel | None = None, quiet: bool = False, grid_positions: int = 24) -> list[dict]:
     say = (lambda *a: None) if quiet else print
     if n_tokens < 2 or seq_len < 2:
         raise ValueError(f"n_tokens, seq_len: need at least 2 tokens, got {n_tokens}, {seq_len}")
@@ -36,21 +41,21 @@ def run_demo(n_tokens: int = 2048, seq_len: int = 512, out_dir: str = "fusedlens
     lm = lm or load_model()
     say(f"model: {lm.describe()['model']} ({lm.n_layers} layers, d_model {lm.d_model}, vocab {lm.vocab_size}) "
         f"loaded in {time.perf_counter() - t0:.1f}s")
-    capture = ResidualCapture(lm)
-    parts, targets, n_seen = [], [], 0
     t1 = time.perf_counter()
-    for seq in token_batches(lm.tokenizer, pydoc_text(), n_tokens, seq_len):
-        res = capture.run(seq[None])
-        parts.append(ops.lens_stats(res.hidden, lm.norm, lm.unembed, res.targets, k))
-        targets.append(res.targets)
-        n_seen += seq.numel()
-    stats = LensStats.cat(parts)
-    rows = report.per_layer_summary(stats, capture.sites, torch.cat(targets))
-    say(f"logit lens over {n_seen} tokens of pydoc_data.topics in {time.perf_counter() - t1:.1f}s\n")
+    result = LogitLens(lm, k=k).run(first_tokens(lm.tokenizer, pydoc_text(), n_tokens), seq_len=seq_len,
+                                    batch_size=1, progress=not quiet)  # one sequence a forward: a moving bar, less memory
+    rows = result.summary()
+    say(f"logit lens over {result.n_tokens} tokens of pydoc_data.topics in {time.perf_counter() - t1:.1f}s\n")
     say(report.format_table(rows))
+    say(f"\nmean prediction depth: {result.mean_prediction_depth:.2f} (sites, 0 = embedding)")
     os.makedirs(out_dir, exist_ok=True)
-    report.write_json({"model": lm.describe(), "tokens": n_seen, "layers": rows}, os.path.join(out_dir, "demo.json"))
+    report.write_json({"model": lm.describe(), "tokens": result.n_tokens,
+                       "mean_prediction_depth": result.mean_prediction_depth, "layers": rows},
+                      os.path.join(out_dir, "demo.json"))
     report.plot_layer_curves(rows, os.path.join(out_dir, "demo_logit_lens.png"),
-                             title=f"logit lens, SmolLM2-135M-Instruct, {n_seen} tokens of pydoc text")
-    say(f"\nwrote {out_dir}/demo.json and {out_dir}/demo_logit_lens.png")
+                             title=f"logit lens, SmolLM2-135M-Instruct, {result.n_tokens} tokens of pydoc text")
+    report.plot_lens_grid(result, lm.tokenizer, os.path.join(out_dir, "demo_lens_grid.png"), seq=0,
+                          max_positions=grid_positions,
+                          title=f"logit lens of the first {grid_positions} tokens of the pydoc text (bold = true next token)")
+    say(f"wrote {out_dir}/demo.json, {out_dir}/demo_logit_lens.png and {out_dir}/demo_lens_grid.png")
     return rows

@@ -83,14 +83,31 @@ def target_logit(x: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, bias:
     return out
 
 
+def normalized_rows(hidden: torch.Tensor, norm: FinalNorm, chunk: int = 256) -> torch.Tensor:
+    """norm(hidden) in float32, a chunk of tokens at a time: the norm's temporaries stay
+    small, so the op's memory is one float32 copy of the residuals."""
+    out = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[1], chunk):
+        out[:, start:start + chunk] = norm(hidden[:, start:start + chunk])
+    return out
+
+
 def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets: torch.Tensor | None = None,
-               k: int = 1, *, backend: str | None = None, dtype: torch.dtype = torch.float32,
+               k: int = 1, *, backend: str | None = None, compute: str = "auto", dtype: torch.dtype = torch.float32,
                token_block: int = 8, vocab_tile: int = 1024) -> LensStats:
     """Logit-lens statistics of residuals [sites, tokens, d_model]; the last site is the final layer.
 
     Exact over the full vocabulary (see `reference` for the definitions and the tie
     rule) without materialising a [tokens x vocab] logits tensor on the fused
     backends; `dtype` is the compute dtype of the `torch` backend only.
+
+    compute: "fp32" multiplies the float32 normalised residual with W_U (bf16
+    weights are widened exactly); "bf16" rounds the normalised residual to bf16
+    and uses the CPU's bf16 dot instructions where present (about twice the
+    multiply-adds per cycle), so the statistics are exact for the rounded residual
+    (`reference.matmul_operands`; the logits move by at most 2^-9 · Σ|x̂ᵢ wᵢ|);
+    "auto" is "bf16" for bf16 weights and "fp32" otherwise. Either way the
+    accumulation and every statistic are float32 or better.
     """
     check_tensor("hidden", hidden, ndim=(2, 3), floating=True)
     if hidden.dim() == 2:  # a flat row batch is one site: its own final layer
@@ -101,15 +118,24 @@ def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets:
         raise ValueError(f"k: expected 1 <= k <= {min(MAX_TOPK, unembed.vocab_size)}, got {k}")
     if targets is not None:
         targets = check_ids("targets", targets, unembed.vocab_size, rows=tokens).reshape(tokens)
+    if compute == "auto":
+        compute = "bf16" if unembed.weight.dtype == torch.bfloat16 else "fp32"
+    if compute not in reference.COMPUTE_MODES:
+        raise ValueError(f"compute: expected 'auto' or one of {reference.COMPUTE_MODES}, got {compute!r}")
+    if token_block < 1 or vocab_tile < 1:
+        raise ValueError(f"token_block, vocab_tile: must be positive, got {token_block}, {vocab_tile}")
     backend = pick_backend(hidden.device, backend)
     if backend == "torch":
-        return reference.lens_stats(hidden, norm, unembed, targets, k, dtype=dtype)
-    xn = norm(hidden).float().contiguous()
+        return reference.lens_stats(hidden, norm, unembed, targets, k, dtype=dtype, compute=compute)
+    xn = normalized_rows(hidden, norm)
+    # The C++ kernel rounds xn itself when it gets bf16 weights; Triton gets xn pre-rounded.
+    weight = unembed.weight.bfloat16() if compute == "bf16" else unembed.weight.float()
+    if compute == "bf16" and backend == "triton":
+        xn = xn.bfloat16().float()
     ids = torch.full((tokens,), -1, dtype=torch.long, device=hidden.device) if targets is None \
         else targets.masked_fill(targets == IGNORE_INDEX, -1)
-    weight = unembed.weight
     if backend == "cpu":
-        out = _C.lens_stats(xn, weight.float(), unembed.bias, float(unembed.softcap or 0.0), ids, k,
+        out = _C.lens_stats(xn, weight, unembed.bias, float(unembed.softcap or 0.0), ids, k,
                             token_block, vocab_tile)
     else:
         from .kernels.lens_stats import lens_stats as triton_lens_stats

@@ -57,6 +57,14 @@ class LensStats:
                 out[name] = torch.cat([getattr(p, name) for p in parts], dim=0 if name == "prediction_depth" else 1)
         return cls(**out)
 
+    def select(self, rows) -> "LensStats":
+        """The stats of some tokens (an index tensor or a boolean mask over tokens)."""
+        return LensStats(**{name: None if t is None else t[rows] if name == "prediction_depth" else t[:, rows]
+                            for name, t in self.items()})
+
+    def to(self, device) -> "LensStats":
+        return LensStats(**{name: None if t is None else t.to(device) for name, t in self.items()})
+
 
 def topk_tie_lowest_id(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k along the last dim with equal values ordered by ascending index (exact)."""
@@ -108,12 +116,35 @@ def stats_from_logits(logits: torch.Tensor, targets: torch.Tensor | None = None,
                      final_top1_rank=final_top1_rank, prediction_depth=prediction_depth(topk_ids[..., 0]))
 
 
+COMPUTE_MODES = ("fp32", "bf16")
+
+
+def matmul_operands(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, compute: str):
+    """What the unembedding multiplies: the normalised residual and W_U, as `compute` sees them.
+
+    "fp32": the residual normalised in float32 (float64 stays float64) and W_U as
+    given. "bf16": both rounded to bfloat16 (round to nearest even), as a bf16
+    dot-product instruction sees them; every product is then exact, so only the
+    rounding of the residual, at most 2^-9 relative per element, separates the
+    logits from the "fp32" ones.
+    """
+    if compute not in COMPUTE_MODES:
+        raise ValueError(f"compute: expected one of {COMPUTE_MODES}, got {compute!r}")
+    if compute == "fp32":
+        return norm(hidden), unembed
+    xn = norm(hidden.float()).float().bfloat16()
+    return xn, Unembed(unembed.weight.bfloat16(), unembed.bias, unembed.softcap)
+
+
 def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets: torch.Tensor | None = None,
-               k: int = 1, *, dtype: torch.dtype = torch.float64, max_elements: int = 1 << 25) -> LensStats:
+               k: int = 1, *, dtype: torch.dtype = torch.float64, compute: str = "fp32",
+               max_elements: int = 1 << 25) -> LensStats:
     """Logit-lens statistics of residuals [sites, tokens, d_model] (last site = final layer).
 
     Logits are materialised in `dtype` for a chunk of tokens at a time (at most
     `max_elements` logits), so memory stays bounded but the work is not fused.
+    `compute="bf16"` gives the statistics of the bf16-rounded operands
+    (`matmul_operands`), in `dtype`.
     """
     check_tensor("hidden", hidden, ndim=3, floating=True)
     check_same_width("hidden", hidden, unembed.d_model, "the unembedding's d_model")
@@ -123,7 +154,8 @@ def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets:
     chunk = max(1, max_elements // (sites * unembed.vocab_size))
     parts = []
     for start in range(0, tokens, chunk):
-        h = hidden[:, start:start + chunk].to(dtype)
-        logits = unembed(norm(h).to(dtype))
+        h = hidden[:, start:start + chunk]
+        xn, head = matmul_operands(h if compute == "bf16" else h.to(dtype), norm, unembed, compute)
+        logits = head(xn.to(dtype))
         parts.append(stats_from_logits(logits, None if targets is None else targets[start:start + chunk], k))
     return LensStats.cat(parts)

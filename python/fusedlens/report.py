@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import torch
 
@@ -13,24 +14,23 @@ COLUMNS = (("kl_to_final", "KL(final‖layer) nats"), ("top1_agreement", "top-1 
 
 
 def per_layer_summary(stats: LensStats, sites: list[str], targets: torch.Tensor | None = None) -> list[dict]:
-    """Mean statistics per site over the tokens (target statistics over tokens that have one)."""
-    has_target = targets >= 0 if targets is not None and stats.target_rank is not None else None
-    rows = []
-    for i, site in enumerate(sites):
-        row = {"site": site,
-               "kl_to_final": float(stats.kl_to_final[i].double().mean()),
-               "top1_agreement": float((stats.top1[i] == stats.top1[-1]).double().mean()),
-               "entropy": float(stats.entropy[i].double().mean()),
-               "final_top1_rank_median": float(stats.final_top1_rank[i].double().median())}
-        if has_target is not None and bool(has_target.any()):
-            row["next_token_accuracy"] = float((stats.top1[i][has_target] == targets[has_target]).double().mean())
-            row["target_logprob"] = float(stats.target_logprob[i][has_target].double().mean())
-        rows.append(row)
-    return rows
+    """Per site, over the tokens (target statistics over the tokens that have a target):
+
+    kl_to_final, entropy, target_logprob: means; top1_agreement: share of tokens whose
+    top-1 is the final top-1; next_token_accuracy: share whose top-1 is the target;
+    final_top1_rank_median, target_rank_median: medians; settled_fraction: share of
+    tokens whose prediction depth is at most this site (top-1 already final for good).
+    The mean prediction depth is a per-token number: it equals Σ_sites (1 − settled_fraction).
+    """
+    from .aggregate import LensAggregate
+
+    ranks = [stats.final_top1_rank] + ([stats.target_rank] if stats.target_rank is not None else [])
+    width = int(max(int(r.max()) for r in ranks)) + 1  # histograms need only cover the ranks seen
+    return LensAggregate(sites, width).update(stats, targets).summary()
 
 
 def format_table(rows: list[dict]) -> str:
-    keys = [k for k, _ in COLUMNS if k in rows[0]] + [k for k in ("target_logprob",) if k in rows[0]]
+    keys = [k for k, _ in COLUMNS if k in rows[0]] + [k for k in ("target_logprob", "target_rank_median") if k in rows[0]]
     header = f"{'site':>9} " + " ".join(f"{k:>19}" for k in keys)
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -38,12 +38,17 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_layer_curves(rows: list[dict], path: str, title: str = "logit lens") -> None:
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_layer_curves(rows: list[dict], path: str, title: str = "logit lens") -> None:
+    plt = _pyplot()
     present = [(k, label) for k, label in COLUMNS if k in rows[0]]
     x = list(range(len(rows)))
     ncols = 2
@@ -65,3 +70,68 @@ def plot_layer_curves(rows: list[dict], path: str, title: str = "logit lens") ->
 def write_json(obj, path: str) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, indent=2)
+
+
+def token_strings(tokenizer, ids: torch.Tensor) -> list[str]:
+    """The text of each token id on its own."""
+    if tokenizer is None or not hasattr(tokenizer, "decode"):
+        raise ValueError(f"tokenizer: expected a tokenizer with .decode, got {type(tokenizer).__name__}")
+    return [tokenizer.decode([int(i)]) for i in ids.reshape(-1)]
+
+
+def _cell_text(text: str, width: int = 8) -> str:
+    """Visible, short, and safe from matplotlib's $…$ mathtext."""
+    text = text.replace("\n", "\\n").replace("\t", "\\t").replace("$", r"\$")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def plot_lens_grid(result, tokenizer, path: str, seq: int = 0, max_positions: int = 32, title: str | None = None) -> None:
+    """The classic logit-lens picture of one sequence of a LensResult, as two panels.
+
+    Rows are sites (embedding at the bottom, final layer on top), columns the first
+    `max_positions` positions (input token below, the true next token above); each
+    cell shows that site's top-1 token, bold where it is the true next token.
+    Top panel colour: the top-1's probability exp(top1_logit − lse); bottom panel
+    colour: the rank of the final layer's top-1 at that site (0 = top; log scale).
+    """
+    from matplotlib.colors import LogNorm, Normalize
+
+    if isinstance(max_positions, bool) or not isinstance(max_positions, int) or max_positions < 1:
+        raise ValueError(f"max_positions: expected a positive integer, got {max_positions!r}")
+    one = result.sequence(seq)
+    n = min(max_positions, one.n_tokens)
+    st, n_sites = one.stats, len(one.sites)
+    top1 = st.top1[:, :n]
+    words = [_cell_text(w) for w in token_strings(tokenizer, top1)]
+    below = [_cell_text(w, 10) for w in token_strings(tokenizer, one.input_ids[:n])]
+    has_next = one.targets[:n] >= 0
+    above = [_cell_text(w, 10) if ok else "" for w, ok in
+             zip(token_strings(tokenizer, one.targets[:n].clamp_min(0)), has_next.tolist())]
+    hit = (top1 == one.targets[:n]) & has_next
+    rank = st.final_top1_rank[:, :n].double() + 1
+    panels = [((st.topk_logits[:, :n, 0] - st.lse[:, :n]).exp().double(), Normalize(0, 1), "Blues",
+               "colour: probability of the top-1 token"),
+              (rank, LogNorm(1, max(2.0, float(rank.max()))), "magma_r",
+               "colour: rank of the final layer's top-1 + 1 (log scale)")]
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.62 * n + 3), 2 * (0.3 * n_sites + 1.6)), squeeze=False,
+                             layout="constrained")  # leaves room for the suptitle and the top tick labels
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing")  # tokens outside the font
+        for ax, (values, norm, cmap_name, label) in zip(axes[:, 0], panels):
+            cmap = plt.get_cmap(cmap_name)
+            im = ax.imshow(values.numpy(), aspect="auto", origin="lower", cmap=cmap, norm=norm, interpolation="nearest")
+            for (r, c), word in zip(((r, c) for r in range(n_sites) for c in range(n)), words):
+                red, green, blue, _ = cmap(norm(float(values[r, c])))
+                ink = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
+                ax.text(c, r, word, ha="center", va="center", fontsize=6, color=ink,
+                        fontweight="bold" if hit[r, c] else "normal")
+            ax.set_yticks(range(n_sites), one.sites, fontsize=6)
+            ax.set_xticks(range(n), below, rotation=90, fontsize=7)
+            top = ax.secondary_xaxis("top")
+            top.set_xticks(range(n), above, rotation=90, fontsize=7)
+            ax.set_title(label, fontsize=9)
+            fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01)
+        fig.suptitle(title or f"logit lens, sequence {seq}: top-1 token per site (bold = true next token)")
+        fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,34 @@
+// bf16 x bf16 -> fp32 tile GEMM for the lens sweep with bfloat16 weights.
+// C[m, n] = A[m, k] . B[n, k]^T, with A the normalised residual rows rounded to
+// bf16 and B a tile of W_U rows. Every product of two bf16 values is exact in fp32,
+// so the only differences from a float64 sum of the same bf16 operands are the
+// fp32 additions. On CPUs with AVX512-BF16 the kernel uses vdpbf16ps, which does
+// twice the multiply-adds per instruction of fp32 FMA.
+#pragma once
+#include <cstdint>
+
+#include "gather_dot.h"
+
+namespace fusedlens {
+
+// True when this build uses the CPU's bf16 dot-product instructions.
+bool has_bf16_dot();
+
+// Rows of A as bf16 with an even row length: dst [m, k_pad] (k_pad = k rounded up to
+// even; the pad column is zero).
+void round_rows_bf16(const float* src, int64_t lds, int64_t m, int64_t k, bf16* dst);
+
+// Number of uint32 words pack_b needs for an n x k tile.
+int64_t packed_b_size(int64_t n, int64_t k);
+
+// Packs B [n, k] (row stride ldb, bf16) into panels of 32 columns, each stored as
+// [k/2][32] pairs (B[j, 2p], B[j, 2p + 1]): the operand layout of vdpbf16ps.
+// Columns past n and the odd pad row of k are zero.
+void pack_b(const bf16* b, int64_t ldb, int64_t n, int64_t k, uint32_t* packed);
+
+// C [m, n_pad] (row stride ldc >= n rounded up to 32) = A [m, k_pad] (row stride
+// lda, from round_rows_bf16) times the packed B. Columns in [n, n_pad) get zeros.
+void gemm_bf16(const bf16* a, int64_t lda, int64_t m, int64_t k, const uint32_t* packed, int64_t n,
+               float* c, int64_t ldc);
+
+}  // namespace fusedlens
