@@ -190,3 +190,26 @@ def test_run_probes_match_accumulators_built_by_hand(lm, corpus_file, tmp_path):
         assert row["probe_logit_r2_heldout"] == pytest.approx(fits[0]["r2_heldout"], rel=1e-5, abs=1e-6)
         assert row["probe_logit_alpha"] == fits[0]["alpha"]
         assert row["probe_logit_n_train"] == fits[0]["n_train"] > 0
+
+
+def test_run_with_a_tuned_lens(lm, corpus_file, tmp_path):
+    from fusedlens.aggregate import LensAggregate
+    from fusedlens.capture import capture_residuals
+    from fusedlens.tuned import TunedLens
+
+    lens = TunedLens.from_model(lm)
+    with torch.no_grad():
+        for t in lens.layer_translators:
+            t.weight.normal_(0, 0.05)
+            t.bias.normal_(0, 0.1)
+    lens.save(str(tmp_path / "lens"))
+    summary = run(RunConfig(corpus=[corpus_file], out=str(tmp_path / "run"), seq_len=64, batch_size=2,
+                            max_tokens=64 * 4, tuned=str(tmp_path / "lens"), k=2, progress=False), lm=lm)
+    agg = LensAggregate(summary["sites"], lm.vocab_size)
+    for s in iter_sequences(lm.tokenizer, [corpus_file], 64, stop=4):
+        res = capture_residuals(lm, s.ids[None])
+        agg.update(lens.lens_stats(res.hidden, res.targets, 2), res.targets)
+    assert summary["lens"] == "tuned"
+    for got, want in zip(summary["layers"], agg.summary()):
+        for key, value in want.items():
+            assert got[key] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-5, abs=1e-6)), key

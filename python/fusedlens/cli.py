@@ -54,7 +54,7 @@ def _add_run_parser(sub) -> None:
     r.add_argument("--mid", action="store_true", help="also decode the mid-layer sites (between attention and MLP)")
     r.add_argument("--no-embed", action="store_true", help="do not decode the embedding site")
     r.add_argument("--tuned", default=None, help="decode through a tuned-lens checkpoint folder instead of the logit lens")
-    r.add_argument("--probe", action="append", default=[], help="ridge probe target (repeatable), e.g. correct_logit")
+    r.add_argument("--probe", action="append", default=[], help="ridge probe target (repeatable): logit (of the correct next token), logprob, entropy, loss")
     r.add_argument("--k", type=int, default=5, help="top-k kept per token and site (default 5)")
     r.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     r.add_argument("--backend", default=None, choices=["torch", "cpu", "triton"], help="lens backend (default: fastest)")

@@ -155,7 +155,7 @@ def run(cfg: RunConfig, lm=None) -> dict:
                               embed=cfg.embed, mid=cfg.mid)
     if capture.layers[-1] != lm.n_layers - 1:  # the final block is always decoded: it is the KL reference
         capture = ResidualCapture(lm, layers=capture.layers + [lm.n_layers - 1], embed=cfg.embed, mid=cfg.mid)
-    lens = _tuned_lens(cfg, lm)
+    lens = _tuned_lens(cfg, lm, capture.sites)
     probes = _probes(cfg, lm, capture.sites)
     ckpt = Checkpoint(cfg.out, rank, cfg.fingerprint())
     state = ckpt.load() or {}
@@ -221,12 +221,27 @@ def run(cfg: RunConfig, lm=None) -> dict:
     return finish(cfg, lm, capture, agg, probes, timers, tokens, rank, world, time.perf_counter() - t_start)
 
 
-def _tuned_lens(cfg: RunConfig, lm):
+def _tuned_lens(cfg: RunConfig, lm, sites: list[str]):
+    """hidden [sites, N, d] -> the same with every site but the final one through its translator."""
     if cfg.tuned is None:
         return None
-    from .tuned import TunedLens  # the tuned-lens module (issue 5)
+    from .tuned import TunedLens
 
-    return TunedLens.load(cfg.tuned, lm=lm).as_site_map()
+    lens = TunedLens.load(cfg.tuned, lm)
+    missing = [s for s in sites[:-1] if s not in lens.sites]
+    if missing:
+        raise ValueError(f"tuned: the lens in {cfg.tuned} has no translator for {missing} (it has {lens.sites})")
+    idx = [lens.sites.index(s) for s in sites[:-1]]
+    weight = torch.stack([lens.layer_translators[i].weight.detach() for i in idx])  # [S-1, d, d]
+    bias = torch.stack([lens.layer_translators[i].bias.detach() if lens.bias else torch.zeros(lm.d_model)
+                        for i in idx])
+
+    def translate(hidden: torch.Tensor) -> torch.Tensor:
+        h = hidden.float()
+        moved = h[:-1] + torch.bmm(h[:-1], weight.transpose(1, 2).to(h.device)) + bias[:, None].to(h.device)
+        return torch.cat([moved, h[-1:]])
+
+    return translate
 
 
 def _probes(cfg: RunConfig, lm, sites):
