@@ -36,6 +36,7 @@ setup(
         "accelerate",
         "matplotlib",
         "tqdm",
+        "pyarrow",
     ],
     extras_require={"triton": ["triton>=3.0"], "test": ["pytest", "pytest-benchmark"]},
     entry_points={"console_scripts": ["fusedlens=fusedlens.cli:main"]},
