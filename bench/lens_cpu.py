@@ -95,16 +95,51 @@ def machine():
             "load_average": os.getloadavg()}
 
 
+def interleaved(tokens, vocab, rounds):
+    """Timing only: all variants in one process, on the same inputs, in turns (shared-machine noise
+    hits them alike); the best of `rounds` per variant."""
+    from fusedlens import ops
+
+    hidden, norm, unembed, targets = make_inputs(tokens, vocab)
+    unembed_bf16 = type(unembed)(unembed.weight.bfloat16())
+    xn = norm(hidden)
+    fns = {"bare_gemm": lambda: bare_gemm(xn, unembed.weight),
+           "fused_cpu": lambda: ops.lens_stats(hidden, norm, unembed, targets, 5, backend="cpu"),
+           "fused_cpu_bf16": lambda: ops.lens_stats(hidden, norm, unembed_bf16, targets, 5, backend="cpu"),
+           "naive_torch": lambda: naive(hidden, norm, unembed, targets)}
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {"vocab": vocab, "tokens": tokens, "sites": SITES, "seconds": best,
+            "fused_over_gemm": best["fused_cpu"] / best["bare_gemm"],
+            "naive_over_fused": best["naive_torch"] / best["fused_cpu"],
+            "bf16_over_fp32_fused": best["fused_cpu_bf16"] / best["fused_cpu"], "load_average": os.getloadavg()}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--vocabs", type=int, nargs="+", default=[49152, 128256])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "lens_cpu.json"))
+    ap.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
+                    help="time the variants in one process, in turns (no memory figures)")
     ap.add_argument("--one", nargs=3, metavar=("VARIANT", "TOKENS", "VOCAB"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_variant(args.one[0], int(args.one[1]), int(args.one[2]), args.repeats)))
+        return
+    if args.interleaved:
+        rows = [interleaved(args.tokens, vocab, args.interleaved) for vocab in args.vocabs]
+        for row in rows:
+            print(row, flush=True)
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"machine": machine(), "mode": "interleaved", "rows": rows}, f, indent=2)
+        print("wrote", args.out)
         return
     rows = []
     for vocab in args.vocabs:
