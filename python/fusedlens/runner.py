@@ -198,11 +198,11 @@ def run(cfg: RunConfig, lm=None) -> dict:
                                    backend=cfg.backend, compute=cfg.compute)
             agg.update(stats, res.targets)
             t = timers.add("lens", t)
+            seq_of_row = torch.tensor([s.index for s in batch])[res.batch_index]
             if probes is not None:
-                probes.update(res, torch.tensor([s.index for s in batch])[res.batch_index])
+                probes.update(res, seq_of_row)
                 t = timers.add("probes", t)
             if writer is not None:
-                seq_of_row = torch.tensor([s.index for s in batch])[res.batch_index]
                 writer.write(token_table(stats, seq_of_row, res.position, res.input_ids, res.targets, capture.sites),
                              batch[0].index)
                 t = timers.add("records", t)
@@ -227,21 +227,8 @@ def _tuned_lens(cfg: RunConfig, lm, sites: list[str]):
         return None
     from .tuned import TunedLens
 
-    lens = TunedLens.load(cfg.tuned, lm)
-    missing = [s for s in sites[:-1] if s not in lens.sites]
-    if missing:
-        raise ValueError(f"tuned: the lens in {cfg.tuned} has no translator for {missing} (it has {lens.sites})")
-    idx = [lens.sites.index(s) for s in sites[:-1]]
-    weight = torch.stack([lens.layer_translators[i].weight.detach() for i in idx])  # [S-1, d, d]
-    bias = torch.stack([lens.layer_translators[i].bias.detach() if lens.bias else torch.zeros(lm.d_model)
-                        for i in idx])
-
-    def translate(hidden: torch.Tensor) -> torch.Tensor:
-        h = hidden.float()
-        moved = h[:-1] + torch.bmm(h[:-1], weight.transpose(1, 2).to(h.device)) + bias[:, None].to(h.device)
-        return torch.cat([moved, h[-1:]])
-
-    return translate
+    apply = TunedLens.load(cfg.tuned, lm).as_site_map()
+    return lambda hidden: apply(hidden, sites)
 
 
 def _probes(cfg: RunConfig, lm, sites):
