@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fusedlens import LensModel, LogitLens
-from fusedlens.corpus import iter_sequences
+from fusedlens.corpus import CorpusProgress, iter_sequences
 from fusedlens.records import read_records
 from fusedlens.runner import RunConfig, parse_layers, run
 from tiny_models import tiny_model, tiny_tokenizer
@@ -71,6 +71,37 @@ def test_corpus_sources_agree(lm, tmp_path, text, corpus_file):
     shards = sequences(lm, [corpus_file], 64, rank=0, world=2) + sequences(lm, [corpus_file], 64, rank=1, world=2)
     assert sorted(shards) == sequences(lm, [corpus_file], 64)
     assert sequences(lm, [corpus_file], 64, start=7, stop=11) == sequences(lm, [corpus_file], 64)[7:11]
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "jsonl", "saved", "pydoc"])
+def test_corpus_progress_estimates_the_token_count(lm, tmp_path, text, kind):
+    import datasets
+
+    docs = [text[:2500], text[2500:4000], text[4000:]]
+    source = {"file": tmp_path / "a.txt", "folder": tmp_path / "folder", "jsonl": tmp_path / "docs.jsonl",
+              "saved": tmp_path / "saved", "pydoc": "pydoc"}[kind]
+    if kind == "file":
+        source.write_text(text)
+    elif kind == "folder":
+        source.mkdir()
+        for i, d in enumerate(docs):
+            (source / f"{i}.txt").write_text(d)
+    elif kind == "jsonl":
+        source.write_text("\n".join(json.dumps({"text": d}) for d in docs) + "\n\n")
+    elif kind == "saved":
+        datasets.Dataset.from_dict({"text": docs}).save_to_disk(str(source))
+    progress = CorpusProgress([str(source)])
+    assert progress.total_bytes > 0 and progress.estimate_total(0) is None
+    seqs = iter_sequences(lm.tokenizer, [str(source)], 50, stop=None if kind != "pydoc" else 400, progress=progress)
+    lengths = [len(s.ids) for s in seqs]
+    total = sum(lengths)
+    if kind == "pydoc":  # a budget stops early: the estimate is of the whole corpus, well past it
+        assert progress.read_bytes < progress.total_bytes / 10
+        return
+    assert progress.read_bytes == pytest.approx(progress.total_bytes, rel=0.05)
+    seqs = iter_sequences(lm.tokenizer, [str(source)], 50, progress=(progress := CorpusProgress([str(source)])))
+    done = sum(len(next(seqs).ids) for _ in range(len(lengths) // 3))  # a third of the way in
+    assert progress.estimate_total(done) == pytest.approx(total, rel=0.1)
 
 
 def test_corpus_errors(lm, tmp_path):

@@ -8,6 +8,10 @@ Documents are tokenised one at a time and packed into sequences of `seq_len`
 tokens, an end-of-text token between documents. Sequence i is the same whatever
 the process, so shards (i mod world) and resume points (skip the first n) are
 exact.
+
+A `CorpusProgress` passed to `iter_sequences` counts the source bytes read so far
+against the corpus size where it is known (everything but stdin), so a progress
+bar can estimate the corpus' token count and the time left.
 """
 from __future__ import annotations
 
@@ -24,23 +28,30 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 CHUNK_CHARS = 1 << 20  # long text files are read and tokenised about 1 MiB at a time
 
 
-def _text_chunks(stream) -> Iterator[str]:
-    """A text stream in pieces of about CHUNK_CHARS, cut after a newline."""
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", errors="replace"))
+
+
+def _text_chunks(stream) -> Iterator[tuple[str, int]]:
+    """A text stream in pieces of about CHUNK_CHARS, cut after a newline, with their size in bytes."""
     buf, size = [], 0
     for line in stream:
         buf.append(line)
         size += len(line)
         if size >= CHUNK_CHARS:
-            yield "".join(buf)
+            text = "".join(buf)
+            yield text, _utf8_len(text)
             buf, size = [], 0
     if buf:
-        yield "".join(buf)
+        text = "".join(buf)
+        yield text, _utf8_len(text)
 
 
-def _jsonl_texts(path: str, field: str) -> Iterator[str]:
+def _jsonl_texts(path: str, field: str) -> Iterator[tuple[str, int]]:
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
+                yield "", _utf8_len(line)
                 continue
             try:
                 record = json.loads(line)
@@ -48,21 +59,38 @@ def _jsonl_texts(path: str, field: str) -> Iterator[str]:
                 raise ValueError(f"corpus: {path} line {n} is not JSON ({err.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get(field), str):
                 raise ValueError(f"corpus: {path} line {n} has no text field {field!r}")
-            yield record[field]
+            yield record[field], _utf8_len(line)
 
 
-def _saved_dataset_texts(folder: str, field: str) -> Iterator[str]:
+def _dataset_files(folder: str) -> list[str]:
+    with open(os.path.join(folder, "state.json"), encoding="utf-8") as f:
+        return [os.path.join(folder, d["filename"]) for d in json.load(f)["_data_files"]]
+
+
+def _dataset_bytes(folder: str) -> int:
+    """The record batches' size, which `_saved_dataset_texts` counts (memory-mapped: nothing is copied)."""
     import pyarrow as pa
 
-    with open(os.path.join(folder, "state.json"), encoding="utf-8") as f:
-        files = [d["filename"] for d in json.load(f)["_data_files"]]
-    for name in files:
-        with pa.memory_map(os.path.join(folder, name)) as source:
+    total = 0
+    for path in _dataset_files(folder):
+        with pa.memory_map(path) as source:
+            total += sum(batch.nbytes for batch in pa.ipc.open_stream(source))
+    return total
+
+
+def _saved_dataset_texts(folder: str, field: str) -> Iterator[tuple[str, int]]:
+    import pyarrow as pa
+
+    for path in _dataset_files(folder):
+        with pa.memory_map(path) as source:
             reader = pa.ipc.open_stream(source)
             if field not in reader.schema.names:
                 raise ValueError(f"corpus: dataset {folder} has no column {field!r} (columns: {reader.schema.names})")
             for batch in reader:
-                yield from (t for t in batch.column(field).to_pylist() if t)
+                texts = [t or "" for t in batch.column(field).to_pylist()]
+                # the batch's bytes, spread over its rows by their length
+                chars = sum(map(len, texts)) or 1
+                yield from ((t, batch.nbytes * len(t) / chars) for t in texts)
 
 
 def _folder_files(folder: str) -> list[str]:
@@ -73,12 +101,13 @@ def _folder_files(folder: str) -> list[str]:
     return out
 
 
-def iter_texts(source: str, field: str = "text") -> Iterator[str]:
-    """The documents (or, for long text files, pieces of them) of `source`, in a fixed order."""
+def _pieces(source: str, field: str) -> Iterator[tuple[str, float]]:
+    """(text, source bytes it stands for) for each document or piece of `source`, in a fixed order."""
     if source == "pydoc":
         from .demo import pydoc_text
 
-        yield pydoc_text()
+        text = pydoc_text()
+        yield text, _utf8_len(text)
     elif source == "-":
         yield from _text_chunks(sys.stdin)
     elif os.path.isdir(source):
@@ -89,7 +118,7 @@ def iter_texts(source: str, field: str = "text") -> Iterator[str]:
         if not files:
             raise ValueError(f"corpus: no text or JSONL files under {source}")
         for path in files:
-            yield from iter_texts(path, field)
+            yield from _pieces(path, field)
     elif os.path.isfile(source):
         if source.endswith(JSONL_SUFFIXES):
             yield from _jsonl_texts(source, field)
@@ -100,6 +129,41 @@ def iter_texts(source: str, field: str = "text") -> Iterator[str]:
         raise ValueError(f"corpus: {source!r} is not a file, a folder, '-' or 'pydoc'")
 
 
+def iter_texts(source: str, field: str = "text") -> Iterator[str]:
+    """The documents (or, for long text files, pieces of them) of `source`, in a fixed order."""
+    return (text for text, _ in _pieces(source, field) if text)
+
+
+def source_bytes(source: str) -> int | None:
+    """The size in bytes of `source` as `_pieces` counts it; None for stdin."""
+    if source == "pydoc":
+        from .demo import pydoc_text
+
+        return _utf8_len(pydoc_text())
+    if source == "-":
+        return None
+    if os.path.isdir(source):
+        if os.path.exists(os.path.join(source, "state.json")):
+            return _dataset_bytes(source)
+        return sum(os.path.getsize(p) for p in _folder_files(source))
+    return os.path.getsize(source) if os.path.isfile(source) else None
+
+
+class CorpusProgress:
+    """Source bytes read so far and, where every source has a known size, the corpus' size."""
+
+    def __init__(self, sources: list[str]):
+        sizes = [source_bytes(s) for s in sources]
+        self.total_bytes = None if any(n is None for n in sizes) else sum(sizes)
+        self.read_bytes = 0.0
+
+    def estimate_total(self, done: int) -> int | None:
+        """Extrapolate a count `done` of something read so far (tokens) to the whole corpus."""
+        if not self.total_bytes or self.read_bytes <= 0:
+            return None
+        return max(done, round(done * self.total_bytes / min(self.read_bytes, self.total_bytes)))
+
+
 @dataclass
 class Sequence:
     index: int             # position in the corpus' sequence order (0, 1, ...)
@@ -107,11 +171,13 @@ class Sequence:
 
 
 def iter_sequences(tokenizer, sources: list[str], seq_len: int, *, field: str = "text", start: int = 0,
-                   stop: int | None = None, rank: int = 0, world: int = 1) -> Iterator[Sequence]:
+                   stop: int | None = None, rank: int = 0, world: int = 1,
+                   progress: CorpusProgress | None = None) -> Iterator[Sequence]:
     """Sequences start <= i < stop of the packed corpus with i % world == rank.
 
     Skipped sequences are tokenised but not returned, so resuming at `start` gives
     exactly the sequences an uninterrupted run would have seen from there.
+    `progress`, if given, is kept up to date with the bytes read.
     """
     if seq_len < 2:
         raise ValueError(f"seq_len: need at least 2 tokens, got {seq_len}")
@@ -125,19 +191,29 @@ def iter_sequences(tokenizer, sources: list[str], seq_len: int, *, field: str = 
         return i >= start and i % world == rank
 
     for source in sources:
-        for text in iter_texts(source, field):
+        for text, nbytes in _pieces(source, field):
+            if not text:
+                if progress is not None:
+                    progress.read_bytes += nbytes
+                continue
             seen_text = seen_text or bool(text.strip())
+            held = len(buf)  # tokens left over from earlier pieces
             buf += tokenizer(text, add_special_tokens=False)["input_ids"]
             if sep is not None:
                 buf.append(sep)
+            piece_bytes, piece_tokens = (progress.read_bytes if progress else 0.0), len(buf) - held
             pos = 0
             while len(buf) - pos >= seq_len:
                 if stop is not None and index >= stop:
                     return
-                if wanted(index):
-                    yield Sequence(index, torch.tensor(buf[pos:pos + seq_len], dtype=torch.long))
                 pos += seq_len
+                if progress is not None:  # bytes read, pro rata within this piece
+                    progress.read_bytes = piece_bytes + nbytes * max(pos - held, 0) / piece_tokens
+                if wanted(index):
+                    yield Sequence(index, torch.tensor(buf[pos - seq_len:pos], dtype=torch.long))
                 index += 1
+            if progress is not None:
+                progress.read_bytes = piece_bytes + nbytes
             del buf[:pos]
     if not seen_text:
         raise ValueError(f"corpus: {', '.join(sources)} holds no text")

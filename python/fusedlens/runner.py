@@ -20,7 +20,7 @@ import torch
 from . import ops
 from .aggregate import LensAggregate
 from .capture import ResidualCapture
-from .corpus import iter_sequences
+from .corpus import CorpusProgress, iter_sequences
 from .records import RecordWriter, token_table
 
 
@@ -177,13 +177,15 @@ def run(cfg: RunConfig, lm=None) -> dict:
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=None if stop is None else stop * cfg.seq_len // world, initial=tokens, unit="tok",
+    budget = None if stop is None else stop * cfg.seq_len // world
+    progress = CorpusProgress(cfg.corpus)
+    bar = tqdm(total=budget, initial=tokens, unit="tok",
                desc=f"fusedlens run (rank {rank})" if world > 1 else "fusedlens run",
                disable=not cfg.progress or rank != 0, smoothing=0.1)
     since_ckpt = 0
     if not state.get("done"):
         seqs = iter_sequences(lm.tokenizer, cfg.corpus, cfg.seq_len, field=cfg.field, start=next_seq, stop=stop,
-                              rank=rank, world=world)
+                              rank=rank, world=world, progress=progress)
         t = time.perf_counter()
         for batch in _batches(seqs, cfg.batch_size):
             t = timers.add("tokenize", t)
@@ -208,6 +210,7 @@ def run(cfg: RunConfig, lm=None) -> dict:
                 t = timers.add("records", t)
             n = int(mask.sum())
             tokens, since_ckpt, next_seq = tokens + n, since_ckpt + n, batch[-1].index + 1
+            bar.total = _bar_total(budget, progress, tokens, world)
             bar.update(n)
             bar.set_postfix_str(f"{tokens / max(sum(timers.seconds.values()), 1e-9):.0f} tok/s")
             if since_ckpt >= cfg.checkpoint_every:
@@ -219,6 +222,14 @@ def run(cfg: RunConfig, lm=None) -> dict:
     from .run_outputs import finish
 
     return finish(cfg, lm, capture, agg, probes, timers, tokens, rank, world, time.perf_counter() - t_start)
+
+
+def _bar_total(budget: int | None, progress: CorpusProgress, tokens: int, world: int) -> int | None:
+    """This rank's expected token count: the budget, or less where the corpus looks smaller."""
+    whole = progress.estimate_total(tokens * world)
+    if whole is None:
+        return budget
+    return min(whole // world, budget) if budget is not None else whole // world
 
 
 def _tuned_lens(cfg: RunConfig, lm, sites: list[str]):
