@@ -46,11 +46,11 @@ def kernel_kwargs(backend):
     return {"token_block": 3, "vocab_tile": 128} if backend == "cpu" else {}
 
 
-def check(backend, case):
+def check(backend, case, compute="fp32"):
     xn, xf, unembed = case
     upstream = torch.randn(xn.shape[:2])
     x = xn.clone().requires_grad_(True)
-    got = lens_kl(x, xf, unembed, backend=backend, **kernel_kwargs(backend))
+    got = lens_kl(x, xf, unembed, backend=backend, compute=compute, **kernel_kwargs(backend))
     (got.kl * upstream).sum().backward()
     want, grad = oracle(xn, xf, unembed, upstream)
     assert_close("kl", got.kl.detach(), want.kl.detach())
@@ -90,8 +90,8 @@ def test_bias_and_softcap(backend, softcap, bias):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bfloat16_weights(backend):
-    # The oracle sees the same bf16-rounded weights; kernels accumulate in float32.
-    check(backend, make_case(2, 4, 64, 517, wdtype=torch.bfloat16))
+    # compute="fp32": the oracle sees the same bf16 weights; kernels widen them exactly.
+    check(backend, make_case(2, 4, 64, 517, wdtype=torch.bfloat16), compute="fp32")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -182,3 +182,83 @@ def test_real_model_residuals(real_lm):
     assert_close("kl", got_kl, want_kl)
     assert want_kl[0].mean() > 1.0  # the early layers really are far from the final one
     assert rel_err(got, want) < GRAD_RTOL, f"grad: relative error {rel_err(got, want):.3g}"
+
+
+# ---- compute="bf16": GEMM operands rounded to bf16 (the fast CPU path)
+
+def bf16_oracle(xn, xf, unembed, upstream):
+    """float64 KL of the rounded operands, its gradient, and the stated gradient bound per entry."""
+    x64 = xn.double().requires_grad_(True)
+    u64 = Unembed(unembed.weight.double(), None if unembed.bias is None else unembed.bias.double(), unembed.softcap)
+    want = reference_lens_kl(x64, xf.double(), u64, compute="bf16")
+    (grad,) = torch.autograd.grad((want.kl * upstream.double()).sum(), x64)
+    w_abs = unembed.weight.bfloat16().double().abs()
+    xr = lambda t: t.bfloat16().double()  # noqa: E731
+    q = torch.softmax(u64.cap(xr(xn) @ xr(unembed.weight).T + (0 if u64.bias is None else u64.bias)), -1)
+    p = torch.softmax(u64.cap(xr(xf) @ xr(unembed.weight).T + (0 if u64.bias is None else u64.bias)), -1)
+    bound = 2.0 ** -8 * ((q + p[None]) @ w_abs) * upstream.double().abs()[..., None]
+    return want, grad, bound
+
+
+BF16_SHAPES = [  # sites, tokens, d, vocab, bias, softcap
+    (3, 7, 577, 1009, True, None),   # odd d (a pad pair), vocab past a tile and a 32-column panel
+    (1, 1, 64, 33, False, None),     # one site, one token, one panel and a column
+    (5, 13, 96, 700, False, 5.0),    # soft cap: the second gradient accumulator; rows past a 12-row block
+    (2, 4, 48, 129, True, None),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16], ids=["w_fp32", "w_bf16"])
+@pytest.mark.parametrize("shape", BF16_SHAPES, ids=lambda s: "x".join(map(str, s[:4])) + ("_cap" if s[5] else ""))
+def test_bf16_compute_within_its_stated_bound(backend, wdtype, shape):
+    sites, tokens, d, vocab, bias, softcap = shape
+    xn, xf, unembed = make_case(sites, tokens, d, vocab, bias=bias, softcap=softcap, scale=4.0, wdtype=wdtype)
+    upstream = torch.randn(sites, tokens)
+    x = xn.clone().requires_grad_(True)
+    got = lens_kl(x, xf, unembed, backend=backend, compute="bf16", **kernel_kwargs(backend))
+    (got.kl * upstream).sum().backward()
+    want, grad, bound = bf16_oracle(xn, xf, unembed, upstream)
+    # the forward is exact for the rounded operands ...
+    assert_close("kl", got.kl.detach(), want.kl.detach())
+    assert_close("lse", got.lse, want.lse)
+    assert_close("lse_final", got.lse_final, want.lse_final)
+    # ... which differ from the unrounded ones by more than that tolerance, so the check can tell them apart
+    fp32 = oracle(xn, xf, unembed, upstream)[0]
+    assert (fp32.kl.detach() - want.kl.detach()).abs().max() > 1e-4
+    err = (x.grad.double() - grad).abs()
+    slack = 1e-5 * grad.abs().max()  # fp32 sums
+    assert bool((err <= bound + slack).all()), f"grad: worst error / bound {float((err / (bound + slack)).max()):.3g}"
+    assert rel_err(x.grad, grad) < 1e-2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compute_auto_follows_the_weights(backend):
+    xn, xf, unembed = make_case(2, 5, 64, 300)
+    half = Unembed(unembed.weight.bfloat16(), unembed.bias, None)
+    for u, mode in ((unembed, "fp32"), (half, "bf16")):
+        auto = lens_kl(xn, xf, u, backend=backend, compute="auto", **kernel_kwargs(backend))
+        named = lens_kl(xn, xf, u, backend=backend, compute=mode, **kernel_kwargs(backend))
+        assert torch.equal(auto.kl, named.kl) and torch.equal(auto.lse, named.lse)
+    with pytest.raises(ValueError, match="compute"):
+        lens_kl(xn, xf, unembed, backend=backend, compute="fp16")
+
+
+def test_bf16_compute_on_the_real_model(real_lm):
+    """SmolLM2's residuals: the bf16 loss and gradient track fp32 closely enough to train on."""
+    from fusedlens.capture import capture_residuals
+    from fusedlens.demo import pydoc_text
+
+    start = int(torch.randint(0, 20000, ()))
+    ids = real_lm.tokenizer(pydoc_text()[start:start + 200], return_tensors="pt").input_ids[:, :6]
+    hidden = capture_residuals(real_lm, ids).hidden
+    xf = real_lm.norm(hidden[-1])
+    runs = {}
+    for compute in ("fp32", "bf16"):
+        x = real_lm.norm(hidden[:-1]).detach().requires_grad_(True)
+        kl = lens_kl(x, xf, real_lm.unembed, backend="cpu", compute=compute).kl
+        kl.sum().backward()
+        runs[compute] = kl.detach(), x.grad
+    (kl32, g32), (kl16, g16) = runs["fp32"], runs["bf16"]
+    assert float(((kl16 - kl32).abs() / kl32.clamp_min(1e-2)).max()) < 0.05
+    assert rel_err(g16, g32.double()) < 0.05

@@ -66,6 +66,19 @@ def test_recipe_defaults(tiny_lm):
         TrainConfig(tokens_per_step=100, seq_len=64)
 
 
+def test_training_compute_resolves_auto(tiny_lm):
+    from fusedlens import _C
+    from fusedlens.tuned_train import training_compute
+
+    w = tiny_lm.unembed.weight
+    assert training_compute("auto", w.bfloat16(), "cpu") == "bf16"
+    assert training_compute("auto", w.float(), "cpu") == ("bf16" if _C.has_bf16_dot() else "fp32")
+    assert training_compute("auto", w.float(), "torch") == "fp32"
+    assert training_compute("fp32", w.bfloat16(), "cpu") == "fp32"
+    with pytest.raises(ValueError, match="compute"):
+        TrainConfig(compute="fp16")
+
+
 def test_stream_and_split():
     ids = torch.arange(10)
     train_ids, held = split_corpus(ids, 3)
@@ -79,12 +92,17 @@ def test_training_lowers_kl_and_fused_matches_torch(tiny_lm):
     ids = torch.randint(3, VOCAB, (4000,))
     cfg = dict(steps=20, tokens_per_step=64, seq_len=32, lr=4.0)
     lenses = {}
-    for backend in ("cpu", "torch"):
-        lenses[backend] = TunedLens.from_model(tiny_lm)
-        hist = train(tiny_lm, lenses[backend], ids, TrainConfig(**cfg, backend=backend), progress=False)
+    for backend, compute in (("cpu", "fp32"), ("torch", "fp32"), ("cpu", "bf16")):
+        lens = lenses[backend, compute] = TunedLens.from_model(tiny_lm)
+        hist = train(tiny_lm, lens, ids, TrainConfig(**cfg, backend=backend, compute=compute), progress=False)
+        assert hist["compute"] == compute
         assert sum(hist["loss"][-5:]) < 0.95 * sum(hist["loss"][:5]), hist["loss"]
-    for a, b in zip(lenses["cpu"].parameters(), lenses["torch"].parameters()):
+    for a, b in zip(lenses["cpu", "fp32"].parameters(), lenses["torch", "fp32"].parameters()):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)  # 20 steps of the same updates
+    # bf16 operands: the same training up to the rounding of its gradients
+    for a, b in zip(lenses["cpu", "bf16"].parameters(), lenses["cpu", "fp32"].parameters()):
+        assert float((a - b).detach().norm() / b.detach().norm()) < 0.05
+    lenses["cpu"] = lenses["cpu", "fp32"]
     held = torch.randint(3, VOCAB, (200,))
     rows = evaluate(tiny_lm, lenses["cpu"], held, seq_len=50)
     assert [r["site"] for r in rows] == lenses["cpu"].sites + [f"resid.{tiny_lm.n_layers - 1}"]

@@ -24,11 +24,23 @@ int64_t packed_b_size(int64_t n, int64_t k);
 // Packs B [n, k] (row stride ldb, bf16) into panels of 32 columns, each stored as
 // [k/2][32] pairs (B[j, 2p], B[j, 2p + 1]): the operand layout of vdpbf16ps.
 // Columns past n and the odd pad row of k are zero.
+// The float32 overload rounds each value to bf16 on the way.
 void pack_b(const bf16* b, int64_t ldb, int64_t n, int64_t k, uint32_t* packed);
+void pack_b(const float* b, int64_t ldb, int64_t n, int64_t k, uint32_t* packed);
+
+// The same packed layout built from B's transpose K = Bᵀ [k, n] (row stride ldk), so
+// that gemm_bf16 computes A · K. Pairs run down K's columns.
+void pack_b_t(const bf16* kmat, int64_t ldk, int64_t k, int64_t n, uint32_t* packed);
+void pack_b_t(const float* kmat, int64_t ldk, int64_t k, int64_t n, uint32_t* packed);
+
+// Panels are independent: columns [j0, j0 + cols) of B (j0 a multiple of this) are
+// packed at packed + j0 * ((k + 1) / 2), so a tile can be packed in parallel.
+constexpr int64_t kPackPanel = 32;
 
 // C [m, n_pad] (row stride ldc >= n rounded up to 32) = A [m, k_pad] (row stride
-// lda, from round_rows_bf16) times the packed B. Columns in [n, n_pad) get zeros.
+// lda, from round_rows_bf16) times the packed B, or C += that with accumulate.
+// Columns in [n, n_pad) get zeros (plus their old value with accumulate).
 void gemm_bf16(const bf16* a, int64_t lda, int64_t m, int64_t k, const uint32_t* packed, int64_t n,
-               float* c, int64_t ldc);
+               float* c, int64_t ldc, bool accumulate = false);
 
 }  // namespace fusedlens

@@ -92,16 +92,16 @@ static inline __mmask16 lanes(int64_t left) {
   return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
 }
 
-static float tile_max_of(const float* z, int64_t width) {
+float tile_max(const float* z, int64_t width) {
   const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   __m512 mx = ninf;
   for (int64_t i = 0; i < width; i += 16) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(ninf, lanes(width - i), z + i));
   return _mm512_reduce_max_ps(mx);
 }
 
-float final_probs(const float* z, float lse, float* p, int64_t width) {
+float exp_shifted(const float* z, float shift, float* p, int64_t width) {
   __m512 total = _mm512_setzero_ps();
-  const __m512 l = _mm512_set1_ps(lse);
+  const __m512 l = _mm512_set1_ps(shift);
   for (int64_t i = 0; i < width; i += 16) {
     const __mmask16 k = lanes(width - i);
     const __m512 e = exp_nonpos16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, z + i), l));
@@ -140,18 +140,18 @@ static void tile_sums(const float* z, int64_t width, float m, float zt, float zf
   *above_f = cf;
 }
 #else
-static float tile_max_of(const float* z, int64_t width) {
+float tile_max(const float* z, int64_t width) {
   float mx = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : mx)
   for (int64_t i = 0; i < width; ++i) mx = z[i] > mx ? z[i] : mx;
   return mx;
 }
 
-float final_probs(const float* z, float lse, float* p, int64_t width) {
+float exp_shifted(const float* z, float shift, float* p, int64_t width) {
   float total = 0.f;
 #pragma omp simd reduction(+ : total)
   for (int64_t i = 0; i < width; ++i) {
-    p[i] = exp_nonpos_inline(z[i] - lse);
+    p[i] = exp_nonpos_inline(z[i] - shift);
     total += p[i];
   }
   return total;
@@ -181,15 +181,15 @@ static void tile_sums(const float* z, int64_t width, float m, float zt, float zf
 
 void fold_tile(RowState& st, const RowQuery& q, const float* z, int64_t v0, int64_t width,
                const float* p_final, const float* z_final) {
-  const float tile_max = tile_max_of(z, width);
-  if (tile_max > st.m) {  // rescale s and u to the new max
+  const float top = tile_max(z, width);
+  if (top > st.m) {  // rescale s and u to the new max
     if (st.s > 0.f) {
-      const float shift = st.m - tile_max;
+      const float shift = st.m - top;
       const float scale = exp_nonpos_inline(shift);
       st.u = scale * (st.u + shift * st.s);
       st.s *= scale;
     }
-    st.m = tile_max;
+    st.m = top;
   }
   float s, u, kl;
   int64_t above_t, above_f;
@@ -208,7 +208,7 @@ void fold_tile(RowState& st, const RowQuery& q, const float* z, int64_t v0, int6
   if (q.final_top1 >= v0 && q.final_top1 < v0 + width) st.rank_final_top1 -= z[q.final_top1 - v0] > q.final_top1_logit;
 
   // Top-k: only a tile whose max beats the current k-th value can change it.
-  if (st.filled < st.k || tile_max > st.top_logit[st.k - 1]) {
+  if (st.filled < st.k || top > st.top_logit[st.k - 1]) {
     for (int64_t i = 0; i < width; ++i) {
       if (st.filled < st.k || z[i] > st.top_logit[st.k - 1]) topk_insert(st, z[i], v0 + i);
     }

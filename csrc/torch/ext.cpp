@@ -13,7 +13,7 @@ int64_t ridge_gram(const torch::Tensor& x, const torch::Tensor& y, const torch::
                 const torch::Tensor& shift_y, torch::Tensor& out, int64_t block);
 std::vector<torch::Tensor> lens_kl(const torch::Tensor& xn, const torch::Tensor& xf, const torch::Tensor& w,
                                    const c10::optional<torch::Tensor>& bias, double softcap, bool with_grad,
-                                   int64_t token_block, int64_t vocab_tile);
+                                   int64_t token_block, int64_t vocab_tile, bool bf16);
 
 namespace {
 
@@ -65,7 +65,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("y"), py::arg("shift_x"), py::arg("shift_y"), py::arg("out"), py::arg("block") = 128);
   m.def("lens_kl", &lens_kl,
         "fused KL(p_final || q_site) of xn [L, T, d] against the final rows xf [T, d], and optionally its "
-        "gradient wrt xn; see fusedlens.lens_kl",
+        "gradient wrt xn, with fp32 or (bf16=True) bf16 GEMM operands; see fusedlens.lens_kl",
         py::arg("xn"), py::arg("xf"), py::arg("w"), py::arg("bias"), py::arg("softcap"), py::arg("with_grad"),
-        py::arg("token_block") = 8, py::arg("vocab_tile") = 512);
+        py::arg("token_block") = 8, py::arg("vocab_tile") = 512, py::arg("bf16") = false);
 }

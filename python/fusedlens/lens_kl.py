@@ -18,6 +18,15 @@ gradient's — instead of three when the backward recomputes the logits. The gra
 is stored ([L, T, d], the size of xn) and the backward multiplies it by the upstream
 gradient of each row. `torch` materialises the logits and runs plain autograd, in
 xn's dtype (float64 gives the oracle).
+
+compute="bf16" (the default for bf16 weights, as in `ops.lens_stats`) rounds the GEMM
+operands to bf16 and, on CPUs with AVX512-BF16, multiplies them with vdpbf16ps at
+twice the fp32 rate: xn, xn_final and W for the logits (so `kl` and `lse` are those of
+the rounded operands, `reference.matmul_operands`, to fp32 accuracy), and on `cpu` also
+the softmax weights exp(z − m) of the gradient's GEMM. Each gradient entry k then
+stays within 2⁻⁸ · Σ_v (q_v + p_final,v) |W_vk| of the rounded operands' exact
+gradient. Sums stay fp32. Training translators tolerates that noise; evaluation
+should use fp32.
 """
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ import torch
 
 from ._checks import check_same_width, check_tensor
 from .readout import Unembed
+from .reference import COMPUTE_MODES
 
 
 @dataclass
@@ -36,9 +46,20 @@ class LensKL:
     lse_final: torch.Tensor  # [T]
 
 
-def reference_lens_kl(xn: torch.Tensor, xn_final: torch.Tensor, unembed: Unembed) -> LensKL:
-    """Materialised logits and autograd, computed in xn's dtype (at least float32)."""
+def reference_lens_kl(xn: torch.Tensor, xn_final: torch.Tensor, unembed: Unembed, *,
+                      compute: str = "fp32") -> LensKL:
+    """Materialised logits and autograd, computed in xn's dtype (at least float32).
+
+    compute="bf16": of the bf16-rounded operands (xn, xn_final, W), as the fused kernels
+    see them; the gradient flows through the rounding as if it were the identity.
+    """
     dtype = torch.float64 if xn.dtype == torch.float64 else torch.float32
+    if compute == "bf16":
+        def rounded(t):  # straight-through: the value of the rounded tensor, the gradient of t
+            t = t.to(dtype)
+            return t + (t.bfloat16().to(dtype) - t).detach()
+        xn, xn_final = rounded(xn), rounded(xn_final.detach())
+        unembed = Unembed(unembed.weight.detach().bfloat16().to(dtype), unembed.bias, unembed.softcap)
     logits = unembed(xn.to(dtype))
     logits_final = unembed(xn_final.detach().to(dtype))
     lse, lse_final = torch.logsumexp(logits, -1), torch.logsumexp(logits_final, -1)
@@ -62,13 +83,15 @@ class FusedLensKL(torch.autograd.Function):
     with_grad); with_grad=False skips the gradient's GEMM (then backward must not be called)."""
 
     @staticmethod
-    def forward(ctx, xn, xn_final, weight, bias, softcap, backend, token_block, vocab_tile, with_grad):
+    def forward(ctx, xn, xn_final, weight, bias, softcap, backend, token_block, vocab_tile, with_grad, bf16=False):
         with_grad = bool(with_grad and ctx.needs_input_grad[0])
         kernel = _kernel(backend)
-        args = (xn.detach().float().contiguous(), xn_final.detach().float().contiguous(), weight, bias,
-                float(softcap or 0.0), with_grad)
+        xn, xn_final = xn.detach().float(), xn_final.detach().float()
+        if bf16 and backend == "triton":  # the C++ kernel rounds them itself
+            xn, xn_final = xn.bfloat16().float(), xn_final.bfloat16().float()
+        args = (xn.contiguous(), xn_final.contiguous(), weight, bias, float(softcap or 0.0), with_grad)
         if backend == "cpu":
-            kl, lse, lse_final, grad = kernel(*args, token_block, vocab_tile)
+            kl, lse, lse_final, grad = kernel(*args, token_block, vocab_tile, bool(bf16))
         else:
             kl, lse, lse_final, grad = kernel(*args)
         ctx.mark_non_differentiable(lse, lse_final)
@@ -82,13 +105,14 @@ class FusedLensKL(torch.autograd.Function):
         if grad is None:
             raise RuntimeError("lens_kl: the gradient was not formed (called under no_grad or with_grad=False)")
         grad_xn = (grad_kl[..., None].float() * grad).to(ctx.xn_dtype)
-        return grad_xn, None, None, None, None, None, None, None, None
+        return grad_xn, None, None, None, None, None, None, None, None, None
 
 
 def lens_kl(xn: torch.Tensor, xn_final: torch.Tensor, unembed: Unembed, *, backend: str | None = None,
-            token_block: int = 8, vocab_tile: int = 512) -> LensKL:
+            compute: str = "auto", token_block: int = 8, vocab_tile: int = 512) -> LensKL:
     """KL(p_final ‖ q_site) of normalised residuals xn [L, T, d] ([T, d]: one site) against xn_final [T, d].
 
+    compute: "fp32", "bf16" (see the module docstring) or "auto" ("bf16" for bf16 weights).
     token_block / vocab_tile tune the `cpu` backend's tiling (tokens per block, vocab ids per tile).
     """
     from .ops import pick_backend
@@ -108,17 +132,23 @@ def lens_kl(xn: torch.Tensor, xn_final: torch.Tensor, unembed: Unembed, *, backe
     if xn.device != unembed.weight.device or xn_final.device != xn.device:
         raise ValueError(f"xn, xn_final, unembed: on different devices ({xn.device}, {xn_final.device}, "
                          f"{unembed.weight.device})")
+    if compute == "auto":
+        compute = "bf16" if unembed.weight.dtype == torch.bfloat16 else "fp32"
+    if compute not in COMPUTE_MODES:
+        raise ValueError(f"compute: expected 'auto' or one of {COMPUTE_MODES}, got {compute!r}")
     if token_block < 1 or vocab_tile < 16:
         raise ValueError(f"token_block, vocab_tile: expected >= 1 and >= 16, got {token_block}, {vocab_tile}")
     backend = pick_backend(xn.device, backend)
     if backend == "torch":
-        return reference_lens_kl(xn, xn_final, unembed)
+        return reference_lens_kl(xn, xn_final, unembed, compute=compute)
     weight = unembed.weight
-    if backend == "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
+    if compute == "bf16":  # the C++ kernel rounds float32 weights tile by tile as it packs them
+        weight = weight.bfloat16() if backend == "triton" or weight.dtype != torch.float32 else weight
+    elif backend == "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
         weight = weight.float()
-    bias = None if unembed.bias is None else unembed.bias.to(weight.dtype)
+    bias = None if unembed.bias is None else unembed.bias.float()
     # needs_input_grad ignores no_grad mode, so whether to form the gradient is decided here
     with_grad = xn.requires_grad and torch.is_grad_enabled()
     kl, lse, lse_final = FusedLensKL.apply(xn, xn_final, weight.contiguous(), bias, unembed.softcap, backend,
-                                           token_block, vocab_tile, with_grad)
+                                           token_block, vocab_tile, with_grad, compute == "bf16")
     return LensKL(kl=kl, lse=lse, lse_final=lse_final)

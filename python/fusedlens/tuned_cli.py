@@ -35,14 +35,15 @@ def _cmd_train(args) -> int:
 
     cfg = TrainConfig(steps=args.steps, tokens_per_step=args.tokens_per_step, seq_len=args.seq_len, lr=args.lr,
                       momentum=args.momentum, weight_decay=args.weight_decay, clip_norm=args.clip_norm,
-                      warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, backend=args.backend)
+                      warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, backend=args.backend,
+                      compute=args.compute)
     lm = load_model(args.model, gguf_file=args.gguf_file)
     train_ids, _ = corpus_split(lm, args.eval_tokens)
     lens = TunedLens.from_model(lm, mid=args.mid, bias=not args.no_bias)
     history = train(lm, lens, train_ids, cfg, out_dir=args.out, progress=not args.quiet)
     print(json.dumps({"out": args.out, "steps": len(history["loss"]), "tokens": history["tokens"],
                       "train_seconds": round(history["seconds"], 1), "first_loss": history["loss"][0],
-                      "last_loss": history["loss"][-1]}))
+                      "last_loss": history["loss"][-1], "compute": history.get("compute")}))
     return 0
 
 
@@ -92,6 +93,8 @@ def add_parser(sub) -> None:
     tr.add_argument("--checkpoint-every", type=int, default=25)
     tr.add_argument("--mid", action="store_true", help="also translators at the mid-layer sites")
     tr.add_argument("--no-bias", action="store_true", help="translators without the bias b")
+    tr.add_argument("--compute", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="GEMM operands of the fused loss (auto: bf16 where the CPU has bf16 dot instructions)")
     _common(tr)
     tr.set_defaults(func=_cmd_train)
     ev = tsub.add_parser("eval", help="per-site KL and cross-entropy, logit vs tuned lens: table, JSON, PNG")

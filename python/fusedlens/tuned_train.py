@@ -9,6 +9,11 @@ shows it per site. Each step reads the next `tokens_per_step` tokens of the trai
 stream (wrapping around at its end), runs the model once with residual capture and
 takes the final layer's distribution as the target.
 
+The fused loss runs with bf16 GEMM operands (`lens_kl(compute="bf16")`) where that is
+fast: on the `cpu` backend when the CPU has bf16 dot instructions, or for bf16
+weights. A step then costs about half the fp32 one; the gradient's rounding error
+(2⁻⁸ relative per term) is far below the noise of a stochastic step.
+
 A checkpoint folder holds the lens in the tuned-lens format (params.pt, config.json)
 and train_state.pt (optimizer and scheduler state, step, stream position, losses), so
 `train(..., out_dir=same)` continues where it stopped.
@@ -44,6 +49,7 @@ class TrainConfig:
     warmup_steps: int = 0
     checkpoint_every: int = 25
     backend: str | None = None     # of the fused loss; None picks as ops does
+    compute: str = "auto"          # GEMM operands of the fused loss: fp32, bf16, or auto (see training_compute)
 
     def __post_init__(self):
         for name in ("steps", "tokens_per_step", "seq_len"):
@@ -54,8 +60,25 @@ class TrainConfig:
                              f"got {self.tokens_per_step}")
         if not 0 <= self.momentum < 1 or self.lr <= 0 or self.weight_decay < 0 or self.clip_norm <= 0:
             raise ValueError("lr > 0, 0 <= momentum < 1, weight_decay >= 0 and clip_norm > 0 are needed")
+        if self.compute not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"compute: expected 'auto', 'fp32' or 'bf16', got {self.compute!r}")
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(f"warmup_steps: expected in [0, steps), got {self.warmup_steps}")
+
+
+def training_compute(compute: str, weight: torch.Tensor, backend: str | None) -> str:
+    """'auto' -> 'bf16' where bf16 operands are faster (bf16 weights, or the cpu backend with bf16 dot), else 'fp32'."""
+    if compute != "auto":
+        return compute
+    from .ops import pick_backend
+
+    if weight.dtype == torch.bfloat16:
+        return "bf16"
+    if pick_backend(weight.device, backend) == "cpu":
+        from . import _C
+
+        return "bf16" if _C.has_bf16_dot() else "fp32"
+    return "fp32"
 
 
 class TokenStream:
@@ -138,13 +161,15 @@ def train(lm: LensModel, lens: TunedLens, train_ids: torch.Tensor, cfg: TrainCon
     step = 0
     if out_dir and os.path.exists(os.path.join(out_dir, STATE_FILE)):
         lens, step = _resume(out_dir, lm, lens, opt, sched, cfg, stream, history)
+    compute = training_compute(cfg.compute, lens.unembed.weight, cfg.backend)
+    history["compute"] = compute
     lens.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="tuned lens", unit="step")
     running = None
     while step < cfg.steps:
         t0 = time.perf_counter()
         res = capture.run(stream.next(cfg.tokens_per_step))
-        kl = lens.kl_to_final(res.hidden[:-1], res.hidden[-1], backend=cfg.backend)
+        kl = lens.kl_to_final(res.hidden[:-1], res.hidden[-1], backend=cfg.backend, compute=compute)
         loss = kl.mean(1).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
