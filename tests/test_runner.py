@@ -221,6 +221,10 @@ def test_run_probes_match_accumulators_built_by_hand(lm, corpus_file, tmp_path):
         assert row["probe_logit_r2_heldout"] == pytest.approx(fits[0]["r2_heldout"], rel=1e-5, abs=1e-6)
         assert row["probe_logit_alpha"] == fits[0]["alpha"]
         assert row["probe_logit_n_train"] == fits[0]["n_train"] > 0
+    from fusedlens.report import format_table
+
+    header = format_table(summary["layers"]).splitlines()[0]
+    assert "probe_logit_r2_heldout" in header
 
 
 def test_run_with_a_tuned_lens(lm, corpus_file, tmp_path):

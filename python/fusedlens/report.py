@@ -29,8 +29,15 @@ def per_layer_summary(stats: LensStats, sites: list[str], targets: torch.Tensor 
     return LensAggregate(sites, width).update(stats, targets).summary()
 
 
+def _probe_columns(row: dict) -> list[tuple[str, str]]:
+    """(key, label) of each probe's held-out R² in a summary row (corpus runs with --probe)."""
+    return [(k, f"probe R² held-out ({k[len('probe_'):-len('_r2_heldout')]})") for k in row
+            if k.startswith("probe_") and k.endswith("_r2_heldout")]
+
+
 def format_table(rows: list[dict]) -> str:
     keys = [k for k, _ in COLUMNS if k in rows[0]] + [k for k in ("target_logprob", "target_rank_median") if k in rows[0]]
+    keys += [k for k, _ in _probe_columns(rows[0])]
     header = f"{'site':>9} " + " ".join(f"{k:>19}" for k in keys)
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -49,7 +56,7 @@ def _pyplot():
 
 def plot_layer_curves(rows: list[dict], path: str, title: str = "logit lens") -> None:
     plt = _pyplot()
-    present = [(k, label) for k, label in COLUMNS if k in rows[0]]
+    present = [(k, label) for k, label in COLUMNS if k in rows[0]] + _probe_columns(rows[0])
     x = list(range(len(rows)))
     ncols = 2
     nrows = math.ceil(len(present) / ncols)
