@@ -248,3 +248,13 @@ def test_run_with_a_tuned_lens(lm, corpus_file, tmp_path):
     for got, want in zip(summary["layers"], agg.summary()):
         for key, value in want.items():
             assert got[key] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-5, abs=1e-6)), key
+    # the run's grid and depth passage decode through the same lens (LogitLens with translate=)
+    ids = next(iter_sequences(lm.tokenizer, [corpus_file], 64)).ids
+    through = LogitLens(lm, k=2, translate=lambda h: lens.translate_sites(h, summary["sites"])).run(ids).stats
+    res = capture_residuals(lm, ids[None])
+    want = lens.lens_stats(res.hidden, res.targets, 2)
+    assert torch.equal(through.topk_ids, want.topk_ids)
+    assert torch.allclose(through.kl_to_final, want.kl_to_final, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(through.topk_ids, LogitLens(lm, k=2).run(ids).stats.topk_ids)  # it is not the logit lens
+    with pytest.raises(ValueError, match="translate"):
+        LogitLens(lm, translate="tuned")

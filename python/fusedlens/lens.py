@@ -134,11 +134,14 @@ class LogitLens:
     final site); mid / embed: also read the mid-block and embedding sites; k: top-k
     size (1..32); backend / compute / dtype: as in `ops.lens_stats` (compute
     "auto" multiplies in bf16 for a bf16 model, as its own head does; dtype is the
-    compute dtype of the `torch` backend).
+    compute dtype of the `torch` backend); translate: maps the captured residuals
+    [sites, tokens, d] before they are decoded, e.g. a tuned lens'
+    `lambda h: tuned.translate_sites(h, lens.sites)` (None: the logit lens itself).
     """
 
     def __init__(self, lm: LensModel, layers: Sequence[int] | None = None, mid: bool = False, embed: bool = True,
-                 k: int = 5, backend: str | None = None, compute: str = "auto", dtype: torch.dtype = torch.float32):
+                 k: int = 5, backend: str | None = None, compute: str = "auto", dtype: torch.dtype = torch.float32,
+                 translate=None):
         if not isinstance(lm, LensModel):
             raise ValueError(f"lm: expected a LensModel, got {type(lm).__name__}")
         layers = _check_layers(layers)
@@ -151,7 +154,9 @@ class LogitLens:
             raise ValueError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
         if compute not in ("auto",) + reference.COMPUTE_MODES:
             raise ValueError(f"compute: expected 'auto' or one of {reference.COMPUTE_MODES}, got {compute!r}")
-        self.lm, self.k, self.dtype, self.compute = lm, k, dtype, compute
+        if translate is not None and not callable(translate):
+            raise ValueError(f"translate: expected a callable or None, got {type(translate).__name__}")
+        self.lm, self.k, self.dtype, self.compute, self.translate = lm, k, dtype, compute, translate
         self.backend = ops.pick_backend(lm.device, backend)
         self.capture = ResidualCapture(lm, layers=layers, embed=embed, mid=mid)
 
@@ -232,7 +237,8 @@ class LogitLens:
                     ids[row, :s.numel()], mask[row, :s.numel()] = s, 1
                 res = self.capture.run(ids, mask)
                 targets = res.targets.to(res.hidden.device)
-                stats = ops.lens_stats(res.hidden, self.lm.norm, self.lm.unembed, targets, self.k,
+                hidden = res.hidden if self.translate is None else self.translate(res.hidden)
+                stats = ops.lens_stats(hidden, self.lm.norm, self.lm.unembed, targets, self.k,
                                        backend=self.backend, compute=self.compute, dtype=self.dtype)
                 parts.append(stats.to("cpu"))
                 for name, t in (("input_ids", res.input_ids), ("targets", res.targets),

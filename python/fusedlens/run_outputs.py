@@ -47,18 +47,22 @@ def finish(cfg, lm, capture, agg, probes, timers, tokens, rank, world, wall_seco
 
 
 def _pictures(cfg, lm, capture) -> None:
-    """The logit-lens grid of the prompt and the prediction-depth passage."""
+    """The lens grid of the prompt and the prediction-depth passage, through the run's lens (logit or tuned)."""
     from .corpus import iter_sequences
     from .lens import LogitLens
+    from .runner import _tuned_lens
 
     layers = [int(s.split(".")[1]) for s in capture.sites if s.startswith("resid.")]
-    lens = LogitLens(lm, layers=layers, mid=cfg.mid, embed=cfg.embed, k=1, backend=cfg.backend, compute=cfg.compute)
+    lens = LogitLens(lm, layers=layers, mid=cfg.mid, embed=cfg.embed, k=1, backend=cfg.backend, compute=cfg.compute,
+                     translate=_tuned_lens(cfg, lm, capture.sites))
     if cfg.prompt:
         prompt_ids = lens.sequences(cfg.prompt)[0]
     else:
         prompt_ids = next(iter_sequences(lm.tokenizer, cfg.corpus, cfg.seq_len, field=cfg.field)).ids
     result = lens.run(prompt_ids[:max(GRID_TOKENS, PASSAGE_TOKENS)])
-    report.plot_lens_grid(result, lm.tokenizer, os.path.join(cfg.out, "grid.png"), seq=0, max_positions=GRID_TOKENS)
+    name = "tuned" if cfg.tuned else "logit"
+    report.plot_lens_grid(result, lm.tokenizer, os.path.join(cfg.out, "grid.png"), seq=0, max_positions=GRID_TOKENS,
+                          title=f"{name} lens, the prompt: top-1 token per site (bold = true next token)")
     write_depth_html(result, lm.tokenizer, os.path.join(cfg.out, "prediction_depth.html"), PASSAGE_TOKENS)
 
 
