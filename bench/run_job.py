@@ -69,11 +69,12 @@ def floor_job(tokens: int, seq_len: int, lm=None) -> dict:
     return {"seconds": time.perf_counter() - t0, "tokens": sum(s.ids.numel() for s in seqs)}
 
 
-def fused_job(tokens: int, seq_len: int, lm=None) -> dict:
+def fused_job(tokens: int, seq_len: int, lm=None, compute: str = "auto") -> dict:
     from fusedlens.runner import RunConfig, run
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = RunConfig(corpus=["pydoc"], out=out, seq_len=seq_len, batch_size=1, max_tokens=tokens, progress=False)
+        cfg = RunConfig(corpus=["pydoc"], out=out, seq_len=seq_len, batch_size=1, max_tokens=tokens, progress=False,
+                        compute=compute)
         t0 = time.perf_counter()
         summary = run(cfg, lm=lm)
         seconds = time.perf_counter() - t0
@@ -84,7 +85,12 @@ def fused_job(tokens: int, seq_len: int, lm=None) -> dict:
             "tokens": summary["tokens"], "split_seconds": split["seconds"]}
 
 
-JOBS = {"fused": fused_job, "naive": naive_job, "floor": floor_job}
+def fused_bf16_job(tokens: int, seq_len: int, lm=None) -> dict:
+    """`fusedlens run --compute bf16`: the lens GEMM on bf16 operands (fp32 model)."""
+    return fused_job(tokens, seq_len, lm, compute="bf16")
+
+
+JOBS = {"fused": fused_job, "fused_bf16": fused_bf16_job, "naive": naive_job, "floor": floor_job}
 
 
 def peak_rss_mib() -> float:
@@ -92,20 +98,26 @@ def peak_rss_mib() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
-def interleaved(tokens: int, seq_len: int, rounds: int) -> dict:
+def ratios(value: dict, suffix: str = "") -> dict:
+    """a_over_b for the pairs of jobs the note quotes, where both ran."""
+    pairs = (("naive", "fused"), ("naive", "fused_bf16"), ("fused", "floor"), ("fused_bf16", "fused"))
+    return {f"{a}_over_{b}{suffix}": value[a] / value[b] for a, b in pairs if a in value and b in value}
+
+
+def interleaved(tokens: int, seq_len: int, rounds: int, names: list[str]) -> dict:
     from fusedlens.models import load_model
 
     lm = load_model()
-    best = {name: float("inf") for name in JOBS}
+    best = {name: float("inf") for name in names}
     for r in range(rounds + 1):  # round 0 warms up; not timed
-        for name, job in JOBS.items():
+        for name in names:
+            job = JOBS[name]
             seconds = job(tokens, seq_len, lm)["seconds"]
             if r:
                 best[name] = min(best[name], seconds)
     return {"mode": "interleaved", "tokens": tokens, "seq_len": seq_len, "rounds": rounds, "seconds": best,
-            "naive_over_fused": best["naive"] / best["fused"], "fused_over_floor": best["fused"] / best["floor"],
-            "fused_tokens_per_second": tokens / best["fused"], "threads": torch.get_num_threads(),
-            "load_average": os.getloadavg()}
+            **ratios(best), "tokens_per_second": {name: tokens / t for name, t in best.items()},
+            "threads": torch.get_num_threads(), "load_average": os.getloadavg()}
 
 
 def main():
@@ -114,6 +126,7 @@ def main():
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "run_job.json"))
     ap.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS")
+    ap.add_argument("--jobs", nargs="+", choices=list(JOBS), default=list(JOBS), help="which jobs (default all)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -121,7 +134,7 @@ def main():
         print(json.dumps({**res, "peak_rss_mib": peak_rss_mib()}))
         return
     if args.interleaved:
-        row = interleaved(args.tokens, args.seq_len, args.interleaved)
+        row = interleaved(args.tokens, args.seq_len, args.interleaved, args.jobs)
         print(row)
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as f:
@@ -129,16 +142,15 @@ def main():
         print("wrote", args.out)
         return
     res = {}
-    for variant in JOBS:
+    for variant in args.jobs:
         done = subprocess.run([sys.executable, __file__, "--one", variant, "--tokens", str(args.tokens),
                                "--seq-len", str(args.seq_len)], capture_output=True, text=True, check=True)
         res[variant] = json.loads(done.stdout.strip().splitlines()[-1])
         print(variant, res[variant], flush=True)
     row = {"tokens": args.tokens, "seq_len": args.seq_len, "results": res,
-           "naive_over_fused": res["naive"]["seconds"] / res["fused"]["seconds"],
-           "fused_over_floor": res["fused"]["seconds"] / res["floor"]["seconds"],
-           "fused_over_naive_peak_rss": res["fused"]["peak_rss_mib"] / res["naive"]["peak_rss_mib"],
-           "fused_tokens_per_second": res["fused"]["tokens"] / res["fused"]["seconds"],
+           **ratios({k: r["seconds"] for k, r in res.items()}),
+           **ratios({k: r["peak_rss_mib"] for k, r in res.items()}, "_peak_rss"),
+           "tokens_per_second": {k: r["tokens"] / r["seconds"] for k, r in res.items()},
            "load_average": os.getloadavg()}
     print({k: v for k, v in row.items() if k != "results"})
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
