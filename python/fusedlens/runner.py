@@ -8,11 +8,12 @@ world-th sequence and the sums are all-reduced at the end (gloo on CPU, NCCL on 
 """
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import hashlib
 import json
 import os
 import time
-import dataclasses
 from dataclasses import asdict, dataclass
 
 import torch
@@ -95,6 +96,9 @@ def _distributed() -> tuple[int, int]:
 
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # Tear the group down while the interpreter is whole: left to interpreter finalisation,
+        # gloo's worker threads can abort the process (pytorch/pytorch#190489).
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     return dist.get_rank(), dist.get_world_size()
 
 
