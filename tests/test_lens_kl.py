@@ -208,10 +208,7 @@ BF16_SHAPES = [  # sites, tokens, d, vocab, bias, softcap
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16], ids=["w_fp32", "w_bf16"])
-@pytest.mark.parametrize("shape", BF16_SHAPES, ids=lambda s: "x".join(map(str, s[:4])) + ("_cap" if s[5] else ""))
-def test_bf16_compute_within_its_stated_bound(backend, wdtype, shape):
+def check_bf16(backend, wdtype, shape):
     sites, tokens, d, vocab, bias, softcap = shape
     xn, xf, unembed = make_case(sites, tokens, d, vocab, bias=bias, softcap=softcap, scale=4.0, wdtype=wdtype)
     upstream = torch.randn(sites, tokens)
@@ -230,6 +227,29 @@ def test_bf16_compute_within_its_stated_bound(backend, wdtype, shape):
     slack = 1e-5 * grad.abs().max()  # fp32 sums
     assert bool((err <= bound + slack).all()), f"grad: worst error / bound {float((err / (bound + slack)).max()):.3g}"
     assert rel_err(x.grad, grad) < 1e-2
+
+
+def bf16_shape_id(shape):
+    return "x".join(map(str, shape[:4])) + ("_cap" if shape[5] else "")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16], ids=["w_fp32", "w_bf16"])
+@pytest.mark.parametrize("shape", BF16_SHAPES, ids=bf16_shape_id)
+def test_bf16_compute_within_its_stated_bound(backend, wdtype, shape):
+    check_bf16(backend, wdtype, shape)
+
+
+@pytest.mark.parametrize("shape", BF16_SHAPES[::2], ids=bf16_shape_id)
+def test_bf16_compute_on_a_cpu_without_bf16_dot(monkeypatch, shape):
+    # Without AVX512-BF16 the rounded operands go through the fp32 sweep (exact products): same bound.
+    from fusedlens import _C, ops
+
+    kernel, flags = _C.lens_kl, []
+    monkeypatch.setattr(ops, "bf16_dot_on_cpu", lambda: False)
+    monkeypatch.setattr(_C, "lens_kl", lambda *args: flags.append(args[-1]) or kernel(*args))
+    check_bf16("cpu", torch.float32, shape)
+    assert flags == [False]  # the fp32 sweep ran
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -167,6 +167,16 @@ def test_bf16_sweep_odd_shapes(shape):
     check("cpu", case, 3, "bf16", token_block=4, vocab_tile=96)
 
 
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16], ids=["w_fp32", "w_bf16"])
+def test_bf16_compute_on_a_cpu_without_bf16_dot(monkeypatch, wdtype):
+    # Without AVX512-BF16 the rounded operands go through the fp32 sweep: the same statistics.
+    kernel, weights = ops._C.lens_stats, []
+    monkeypatch.setattr(ops, "bf16_dot_on_cpu", lambda: False)
+    monkeypatch.setattr(ops._C, "lens_stats", lambda *args: weights.append(args[1].dtype) or kernel(*args))
+    check("cpu", make_case(3, 7, 577, 1009, wdtype=wdtype), 3, "bf16")
+    assert weights == [torch.float32]  # the fp32 sweep ran
+
+
 def test_bf16_compute_stays_within_its_stated_bound():
     # "bf16" moves each logit by at most 2^-9 · Σ|x̂ᵢ wᵢ| from the float64 logits of
     # the unrounded residual; and it rounds fp32 weights too.

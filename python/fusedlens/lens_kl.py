@@ -23,7 +23,9 @@ compute="bf16" (the default for bf16 weights, as in `ops.lens_stats`) rounds the
 operands to bf16 and, on CPUs with AVX512-BF16, multiplies them with vdpbf16ps at
 twice the fp32 rate: xn, xn_final and W for the logits (so `kl` and `lse` are those of
 the rounded operands, `reference.matmul_operands`, to fp32 accuracy), and on `cpu` also
-the softmax weights exp(z − m) of the gradient's GEMM. Each gradient entry k then
+the softmax weights exp(z − m) of the gradient's GEMM. Without bf16 dot instructions
+the rounded operands go through the fp32 kernel instead (products of bf16 values are
+exact in fp32: the same numbers at the fp32 speed). Each gradient entry k then
 stays within 2⁻⁸ · Σ_v (q_v + p_final,v) |W_vk| of the rounded operands' exact
 gradient. Sums stay fp32. Training translators tolerates that noise; evaluation
 should use fp32.
@@ -80,18 +82,21 @@ def _kernel(backend: str):
 
 class FusedLensKL(torch.autograd.Function):
     """kl, lse, lse_final = FusedLensKL.apply(xn, xn_final, weight, bias, softcap, backend, token_block, vocab_tile,
-    with_grad); with_grad=False skips the gradient's GEMM (then backward must not be called)."""
+    with_grad, bf16_kernel, round_inputs); with_grad=False skips the gradient's GEMM (then backward must not
+    be called); bf16_kernel: the C++ bf16-dot sweep; round_inputs: round xn and xn_final to bf16 here (the
+    gradient passes straight through), for kernels that do not round them themselves."""
 
     @staticmethod
-    def forward(ctx, xn, xn_final, weight, bias, softcap, backend, token_block, vocab_tile, with_grad, bf16=False):
+    def forward(ctx, xn, xn_final, weight, bias, softcap, backend, token_block, vocab_tile, with_grad,
+                bf16_kernel=False, round_inputs=False):
         with_grad = bool(with_grad and ctx.needs_input_grad[0])
         kernel = _kernel(backend)
         xn, xn_final = xn.detach().float(), xn_final.detach().float()
-        if bf16 and backend == "triton":  # the C++ kernel rounds them itself
+        if round_inputs:
             xn, xn_final = xn.bfloat16().float(), xn_final.bfloat16().float()
         args = (xn.contiguous(), xn_final.contiguous(), weight, bias, float(softcap or 0.0), with_grad)
         if backend == "cpu":
-            kl, lse, lse_final, grad = kernel(*args, token_block, vocab_tile, bool(bf16))
+            kl, lse, lse_final, grad = kernel(*args, token_block, vocab_tile, bool(bf16_kernel))
         else:
             kl, lse, lse_final, grad = kernel(*args)
         ctx.mark_non_differentiable(lse, lse_final)
@@ -105,7 +110,7 @@ class FusedLensKL(torch.autograd.Function):
         if grad is None:
             raise RuntimeError("lens_kl: the gradient was not formed (called under no_grad or with_grad=False)")
         grad_xn = (grad_kl[..., None].float() * grad).to(ctx.xn_dtype)
-        return grad_xn, None, None, None, None, None, None, None, None, None
+        return grad_xn, None, None, None, None, None, None, None, None, None, None
 
 
 def lens_kl(xn: torch.Tensor, xn_final: torch.Tensor, unembed: Unembed, *, backend: str | None = None,
@@ -115,7 +120,7 @@ def lens_kl(xn: torch.Tensor, xn_final: torch.Tensor, unembed: Unembed, *, backe
     compute: "fp32", "bf16" (see the module docstring) or "auto" ("bf16" for bf16 weights).
     token_block / vocab_tile tune the `cpu` backend's tiling (tokens per block, vocab ids per tile).
     """
-    from .ops import pick_backend
+    from .ops import bf16_dot_on_cpu, pick_backend
 
     check_tensor("xn", xn, ndim=(2, 3), floating=True)
     if xn.dim() == 2:
@@ -142,13 +147,20 @@ def lens_kl(xn: torch.Tensor, xn_final: torch.Tensor, unembed: Unembed, *, backe
     if backend == "torch":
         return reference_lens_kl(xn, xn_final, unembed, compute=compute)
     weight = unembed.weight
-    if compute == "bf16":  # the C++ kernel rounds float32 weights tile by tile as it packs them
-        weight = weight.bfloat16() if backend == "triton" or weight.dtype != torch.float32 else weight
+    # bf16 on the cpu backend: the bf16-dot sweep where the CPU has it (it rounds float32 weights tile by
+    # tile as it packs them); elsewhere the rounded operands go through the fp32 kernels, whose products
+    # of bf16 values are exact: the same numbers at the fp32 speed, not a slow emulation.
+    bf16_kernel = compute == "bf16" and backend == "cpu" and bf16_dot_on_cpu()
+    round_inputs = compute == "bf16" and not bf16_kernel
+    if bf16_kernel:
+        weight = weight if weight.dtype in (torch.float32, torch.bfloat16) else weight.bfloat16()
+    elif compute == "bf16":
+        weight = weight.bfloat16() if backend == "triton" else weight.bfloat16().float()
     elif backend == "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
         weight = weight.float()
     bias = None if unembed.bias is None else unembed.bias.float()
     # needs_input_grad ignores no_grad mode, so whether to form the gradient is decided here
     with_grad = xn.requires_grad and torch.is_grad_enabled()
     kl, lse, lse_final = FusedLensKL.apply(xn, xn_final, weight.contiguous(), bias, unembed.softcap, backend,
-                                           token_block, vocab_tile, with_grad, compute == "bf16")
+                                           token_block, vocab_tile, with_grad, bf16_kernel, round_inputs)
     return LensKL(kl=kl, lse=lse, lse_final=lse_final)

@@ -22,6 +22,11 @@ except ImportError:  # built without the extension
     _C = None
 
 
+def bf16_dot_on_cpu() -> bool:
+    """Whether the C++ kernels multiply bf16 operands with the CPU's bf16 dot instructions (AVX512-BF16)."""
+    return _C is not None and bool(_C.has_bf16_dot())
+
+
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     from . import kernels
 
@@ -104,7 +109,8 @@ def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets:
     compute: "fp32" multiplies the float32 normalised residual with W_U (bf16
     weights are widened exactly); "bf16" rounds the normalised residual to bf16
     and uses the CPU's bf16 dot instructions where present (about twice the
-    multiply-adds per cycle), so the statistics are exact for the rounded residual
+    multiply-adds per cycle; elsewhere the fp32 sweep multiplies the rounded
+    operands, with the same result), so the statistics are exact for the rounded residual
     (`reference.matmul_operands`; the logits move by at most 2^-9 · Σ|x̂ᵢ wᵢ|);
     "auto" is "bf16" for bf16 weights and "fp32" otherwise. Either way the
     accumulation and every statistic are float32 or better.
@@ -128,10 +134,14 @@ def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets:
     if backend == "torch":
         return reference.lens_stats(hidden, norm, unembed, targets, k, dtype=dtype, compute=compute)
     xn = normalized_rows(hidden, norm)
-    # The C++ kernel rounds xn itself when it gets bf16 weights; Triton gets xn pre-rounded.
+    # The C++ bf16-dot sweep rounds xn itself when it gets bf16 weights. Elsewhere (Triton, or a CPU
+    # without bf16 dot) xn is rounded here and, on the CPU, the fp32 sweep multiplies the rounded
+    # operands: their products are exact, so the numbers are the same, at the fp32 speed.
     weight = unembed.weight.bfloat16() if compute == "bf16" else unembed.weight.float()
-    if compute == "bf16" and backend == "triton":
+    if compute == "bf16" and (backend == "triton" or not bf16_dot_on_cpu()):
         xn = xn.bfloat16().float()
+        if backend == "cpu":
+            weight = weight.float()
     ids = torch.full((tokens,), -1, dtype=torch.long, device=hidden.device) if targets is None \
         else targets.masked_fill(targets == IGNORE_INDEX, -1)
     if backend == "cpu":

@@ -70,15 +70,11 @@ def training_compute(compute: str, weight: torch.Tensor, backend: str | None) ->
     """'auto' -> 'bf16' where bf16 operands are faster (bf16 weights, or the cpu backend with bf16 dot), else 'fp32'."""
     if compute != "auto":
         return compute
-    from .ops import pick_backend
+    from .ops import bf16_dot_on_cpu, pick_backend
 
     if weight.dtype == torch.bfloat16:
         return "bf16"
-    if pick_backend(weight.device, backend) == "cpu":
-        from . import _C
-
-        return "bf16" if _C.has_bf16_dot() else "fp32"
-    return "fp32"
+    return "bf16" if pick_backend(weight.device, backend) == "cpu" and bf16_dot_on_cpu() else "fp32"
 
 
 class TokenStream:
