@@ -215,8 +215,16 @@ def test_state_round_trip(tmp_path):
         assert other.n == 50 and other.roundoff == acc.roundoff
         for key, t in acc.state().items():
             assert torch.equal(other.state()[key], t), key
+    assert torch.equal(back.gram, acc.gram)
+    packed = acc.state()["gram_upper"]
+    assert packed.shape == (2, 8 * 9 // 2)  # D = d + m + 1 = 8: the upper triangle only
+    # a state saved with the square Gram (before the packing) still loads
+    old = {**{k: v for k, v in acc.state().items() if k != "gram_upper"}, "gram": acc.gram}
+    assert torch.equal(RidgeAccumulator.from_state(old).gram, acc.gram)
     with pytest.raises(ValueError, match="state: missing"):
         RidgeAccumulator.from_state({"gram": acc.gram})
+    with pytest.raises(ValueError, match="do not fit"):
+        RidgeAccumulator.from_state({**acc.state(), "gram_upper": packed[:, 1:]})
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

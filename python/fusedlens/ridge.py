@@ -207,21 +207,31 @@ class RidgeAccumulator:
         return RidgeAccumulator.from_state(self.state(), backend=self.backend)
 
     def state(self) -> dict[str, torch.Tensor]:
-        """The whole state as float64 tensors (gram holds the sums; the shifts say around what)."""
-        return {"gram": self.gram, "shift_x": self.shift_x, "shift_y": self.shift_y,
+        """The whole state as float64 tensors: the sums (the Gram's upper triangle, row by row, as
+        `gram_upper` [sites, D(D+1)/2]: half the size of the square) and the shifts they are around."""
+        rows, cols = torch.triu_indices(*self.gram.shape[-2:], device=self.gram.device)
+        return {"gram_upper": self.gram[:, rows, cols], "shift_x": self.shift_x, "shift_y": self.shift_y,
                 "roundoff": torch.tensor(self.roundoff, dtype=torch.float64)}
 
     @classmethod
     def from_state(cls, state: dict, *, backend: str | None = None) -> "RidgeAccumulator":
-        missing = {"gram", "shift_x", "shift_y", "roundoff"} - set(state)
-        if missing:
-            raise ValueError(f"state: missing {sorted(missing)}")
+        """From `state()` (or an older state holding the square `gram`)."""
+        missing = {"shift_x", "shift_y", "roundoff"} - set(state)
+        if missing or not {"gram", "gram_upper"} & set(state):
+            raise ValueError(f"state: missing {sorted(missing | ({'gram_upper'} - set(state)))}")
         S, d = state["shift_x"].shape
         m = state["shift_y"].shape[0]
-        if tuple(state["gram"].shape) != (S, d + m + 1, d + m + 1):
-            raise ValueError(f"state: gram of shape {tuple(state['gram'].shape)} does not fit {S} sites, d {d}, m {m}")
-        acc = cls(S, d, m, backend=backend, device=state["gram"].device)
-        acc.gram = torch.triu(state["gram"].double()).contiguous()
+        D = d + m + 1
+        sums = state.get("gram_upper", state.get("gram"))
+        want = (S, D * (D + 1) // 2) if "gram_upper" in state else (S, D, D)
+        if tuple(sums.shape) != want:
+            raise ValueError(f"state: sums of shape {tuple(sums.shape)} do not fit {S} sites, d {d}, m {m}")
+        acc = cls(S, d, m, backend=backend, device=sums.device)
+        if "gram_upper" in state:
+            rows, cols = torch.triu_indices(D, D, device=sums.device)
+            acc.gram[:, rows, cols] = sums.double()
+        else:
+            acc.gram = torch.triu(sums.double()).contiguous()
         acc.shift_x, acc.shift_y = state["shift_x"].double().clone(), state["shift_y"].double().clone()
         acc.roundoff = float(state["roundoff"])
         return acc
