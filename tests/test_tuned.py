@@ -10,6 +10,16 @@ from fusedlens.tuned_train import TokenStream, TrainConfig, make_optimizer, spli
 from tiny_models import VOCAB, tiny_model
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These runs are many small ops; on a busy 2-core machine every OpenMP barrier of
+    them can wait a scheduler slice (tiny-model forwards measured 100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_lm():
     return LensModel.from_hf(tiny_model("llama", lm_head_bias=True))  # untied head with a bias
@@ -170,13 +180,19 @@ def test_mid_sites_train_save_load(tiny_lm, tmp_path):
 def test_cli_on_the_real_model(real_lm, tmp_path, monkeypatch, capsys):
     """`fusedlens tuned train` then `eval` on SmolLM2-135M at toy sizes; writes table, JSON and PNG."""
     import fusedlens.models
+    import fusedlens.tuned_cli
     from fusedlens.cli import main
+    from fusedlens.demo import pydoc_text
 
     monkeypatch.setattr(fusedlens.models, "load_model", lambda *a, **k: real_lm)
+    # The first 20k characters of the corpus: tokenising all 113k tokens would take most of the test.
+    short = real_lm.tokenizer(pydoc_text()[:20000], add_special_tokens=False, return_tensors="pt").input_ids[0]
+    monkeypatch.setattr(fusedlens.tuned_cli, "corpus_ids", lambda tokenizer: short)
     out = str(tmp_path / "lens")
     assert main(["tuned", "train", "--out", out, "--steps", "2", "--tokens-per-step", "16", "--seq-len", "16",
+                 "--eval-tokens", "1000", "--quiet"]) == 0
+    assert main(["tuned", "eval", "--lens", out, "--tokens", "24", "--seq-len", "12", "--eval-tokens", "1000",
                  "--quiet"]) == 0
-    assert main(["tuned", "eval", "--lens", out, "--tokens", "24", "--seq-len", "12", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "KL tuned" in text and "resid.28" in text
     for name in ("params.pt", "config.json", "train_state.pt", "tuned_eval.json", "tuned_eval.png"):
