@@ -12,6 +12,7 @@ import sys
 import time
 
 import torch
+from measure import peak_rss_kib, reset_peak_rss, write_result
 
 SITES, D_MODEL = 31, 576
 VARIANTS = ("bare_gemm", "fused_cpu", "fused_cpu_bf16", "naive_torch")
@@ -69,22 +70,9 @@ def run_variant(variant, tokens, vocab, repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    peak = rss_kib("VmHWM")
+    peak = peak_rss_kib()
     return {"variant": variant, "tokens": tokens, "vocab": vocab, "sites": SITES, "d_model": D_MODEL,
             "seconds": min(times), "peak_rss_growth_mib": (peak - base) / 1024, "threads": torch.get_num_threads()}
-
-
-def rss_kib(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
-def reset_peak_rss():
-    """Linux: make the peak RSS (VmHWM) restart from the current RSS, so that the
-    peak measured after the op is the op's own, not that of building its inputs."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return rss_kib("VmRSS")
 
 
 def machine():
@@ -136,10 +124,7 @@ def main():
         rows = [interleaved(args.tokens, vocab, args.interleaved) for vocab in args.vocabs]
         for row in rows:
             print(row, flush=True)
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump({"machine": machine(), "mode": "interleaved", "rows": rows}, f, indent=2)
-        print("wrote", args.out)
+        write_result({"machine": machine(), "mode": "interleaved", "rows": rows}, args.out)
         return
     rows = []
     for vocab in args.vocabs:
@@ -156,10 +141,7 @@ def main():
                      "fused_over_naive_memory": res["fused_cpu"]["peak_rss_growth_mib"]
                      / max(res["naive_torch"]["peak_rss_growth_mib"], 1e-9)})
         print({k: v for k, v in rows[-1].items() if k != "results"}, flush=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"machine": machine(), "rows": rows}, f, indent=2)
-    print("wrote", args.out)
+    write_result({"machine": machine(), "rows": rows}, args.out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 import time
 
 import torch
+from measure import write_result
 
 from fusedlens.ridge import RidgeAccumulator
 from fusedlens.ridge_solve import SiteFit, default_rcond
@@ -162,10 +163,7 @@ def main():
     if args.e2e_windows:
         result["end_to_end"] = end_to_end(args.e2e_windows, args.rows)
         print(json.dumps(result["end_to_end"], indent=1), flush=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print("wrote", args.out)
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

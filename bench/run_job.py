@@ -20,6 +20,7 @@ import tempfile
 import time
 
 import torch
+from measure import peak_rss_kib, write_result
 
 
 def _sequences(lm, tokens, seq_len):
@@ -93,11 +94,6 @@ def fused_bf16_job(tokens: int, seq_len: int, lm=None) -> dict:
 JOBS = {"fused": fused_job, "fused_bf16": fused_bf16_job, "naive": naive_job, "floor": floor_job}
 
 
-def peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-
-
 def ratios(value: dict, suffix: str = "") -> dict:
     """a_over_b for the pairs of jobs the note quotes, where both ran."""
     pairs = (("naive", "fused"), ("naive", "fused_bf16"), ("fused", "floor"), ("fused_bf16", "fused"))
@@ -131,15 +127,12 @@ def main():
     args = ap.parse_args()
     if args.one:
         res = JOBS[args.one](args.tokens, args.seq_len)
-        print(json.dumps({**res, "peak_rss_mib": peak_rss_mib()}))
+        print(json.dumps({**res, "peak_rss_mib": peak_rss_kib() / 1024}))
         return
     if args.interleaved:
         row = interleaved(args.tokens, args.seq_len, args.interleaved, args.jobs)
         print(row)
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(row, f, indent=2)
-        print("wrote", args.out)
+        write_result(row, args.out)
         return
     res = {}
     for variant in args.jobs:
@@ -153,10 +146,7 @@ def main():
            "tokens_per_second": {k: r["tokens"] / r["seconds"] for k, r in res.items()},
            "load_average": os.getloadavg()}
     print({k: v for k, v in row.items() if k != "results"})
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(row, f, indent=2)
-    print("wrote", args.out)
+    write_result(row, args.out)
 
 
 if __name__ == "__main__":

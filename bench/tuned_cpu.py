@@ -15,14 +15,15 @@ turns, so that a shared machine's load hits them alike (no memory figures).
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
 import torch
+from measure import peak_rss_kib, reset_peak_rss, write_result
 
 SITES, D_MODEL = 30, 576
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
 def make_inputs(tokens, vocab, seed=0):
@@ -77,28 +78,6 @@ def train_step(variant, lens, opt, hidden):
     return float(loss.detach())
 
 
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
-def reset_peak_rss():
-    """Reset the kernel's high-water mark (Linux clear_refs 5) and return the current RSS in KiB."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _status_kib("VmRSS")
-    except OSError:  # no procfs: the lifetime peak is the best there is
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def peak_rss_kib():
-    try:
-        return _status_kib("VmHWM")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def run_variant(variant, tokens, vocab, repeats):
     warm_hidden, warm_lens, warm_opt = make_inputs(1, 64)
     train_step(variant, warm_lens, warm_opt, warm_hidden)  # load libraries and thread pools before the baseline
@@ -147,7 +126,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=64, help="tokens per step (default 64)")
     ap.add_argument("--vocabs", type=int, nargs="+", default=[49152, 128256])
     ap.add_argument("--repeats", type=int, default=5, help="steps per variant; the fastest counts")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "tuned_cpu.json"))
+    ap.add_argument("--out", default=None,
+                    help="result file (default bench/results/tuned_cpu.json, or tuned_cpu_interleaved.json)")
     ap.add_argument("--variant", choices=list(VARIANTS), help="run one variant here and print its JSON")
     ap.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
                     help="time the variants in one process, in turns (no memory figures)")
@@ -159,12 +139,8 @@ def main():
         rows = [interleaved(args.tokens, vocab, args.interleaved) for vocab in args.vocabs]
         for row in rows:
             print(row, flush=True)
-        out = args.out.replace(".json", "_interleaved.json") if args.out.endswith("tuned_cpu.json") else args.out
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump({"mode": "interleaved", "cpus": os.cpu_count(), "torch": torch.__version__, "rows": rows}, f,
-                      indent=2)
-        print("wrote", out)
+        write_result({"mode": "interleaved", "cpus": os.cpu_count(), "torch": torch.__version__, "rows": rows},
+                     args.out or os.path.join(RESULTS, "tuned_cpu_interleaved.json"))
         return
     rows = []
     for vocab in args.vocabs:
@@ -180,11 +156,8 @@ def main():
                      "fused_bf16_peak_mib": bf16["peak_rss_growth_mib"],
                      "same_loss": abs(fused["first_loss"] - naive["first_loss"]) <= 1e-4 * abs(naive["first_loss"])})
         print({k: v for k, v in rows[-1].items() if k != "results"}, flush=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
-                               "load_avg_at_end": os.getloadavg()}, "rows": rows}, f, indent=2)
-    print("wrote", args.out)
+    write_result({"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "load_avg_at_end": os.getloadavg()},
+                  "rows": rows}, args.out or os.path.join(RESULTS, "tuned_cpu.json"))
 
 
 if __name__ == "__main__":

@@ -16,42 +16,31 @@ constexpr int64_t kPanel = kPackPanel;  // columns per packed panel: two zmm reg
 inline uint32_t bits(bf16 v) { return v.bits; }
 inline uint32_t bits(float v) { return to_bf16(v).bits; }
 
-template <typename T>
-inline uint32_t pair_at(const T* row, int64_t k, int64_t p) {
-  const uint32_t lo = bits(row[2 * p]);
-  const uint32_t hi = 2 * p + 1 < k ? bits(row[2 * p + 1]) : 0u;
-  return lo | (hi << 16);
-}
-
-template <typename T>
-void pack_rows(const T* b, int64_t ldb, int64_t n, int64_t k, uint32_t* packed) {
-  const int64_t pairs = (k + 1) / 2;
-  for (int64_t j0 = 0; j0 < n; j0 += kPanel) {
-    uint32_t* panel = packed + j0 * pairs;
-    const int64_t cols = n - j0 < kPanel ? n - j0 : kPanel;
-    for (int64_t j = 0; j < cols; ++j) {
-      const T* row = b + (j0 + j) * ldb;
-      for (int64_t p = 0; p < pairs; ++p) panel[p * kPanel + j] = pair_at(row, k, p);
-    }
-    for (int64_t j = cols; j < kPanel; ++j)
-      for (int64_t p = 0; p < pairs; ++p) panel[p * kPanel + j] = 0u;
-  }
-}
-
-template <typename T>
-void pack_cols(const T* kmat, int64_t ldk, int64_t k, int64_t n, uint32_t* packed) {
+// Packs the n x k matrix B, given by get(j, i) = the bf16 bits of B[j, i], into panels of
+// kPanel columns of (B[j, 2p], B[j, 2p + 1]) pairs; pad columns and the odd pad row are 0.
+template <typename Get>
+void pack_panels(int64_t n, int64_t k, uint32_t* packed, Get get) {
   const int64_t pairs = (k + 1) / 2;
   for (int64_t j0 = 0; j0 < n; j0 += kPanel) {
     uint32_t* panel = packed + j0 * pairs;
     const int64_t cols = n - j0 < kPanel ? n - j0 : kPanel;
     for (int64_t p = 0; p < pairs; ++p) {
-      const T* lo = kmat + 2 * p * ldk + j0;
-      const T* hi = 2 * p + 1 < k ? lo + ldk : nullptr;
       uint32_t* out = panel + p * kPanel;
-      for (int64_t j = 0; j < cols; ++j) out[j] = bits(lo[j]) | (hi ? bits(hi[j]) << 16 : 0u);
+      for (int64_t j = 0; j < cols; ++j)
+        out[j] = get(j0 + j, 2 * p) | (2 * p + 1 < k ? get(j0 + j, 2 * p + 1) << 16 : 0u);
       for (int64_t j = cols; j < kPanel; ++j) out[j] = 0u;
     }
   }
+}
+
+template <typename T>
+void pack_rows(const T* b, int64_t ldb, int64_t n, int64_t k, uint32_t* packed) {
+  pack_panels(n, k, packed, [=](int64_t j, int64_t i) { return bits(b[j * ldb + i]); });
+}
+
+template <typename T>
+void pack_cols(const T* kmat, int64_t ldk, int64_t k, int64_t n, uint32_t* packed) {
+  pack_panels(n, k, packed, [=](int64_t j, int64_t i) { return bits(kmat[i * ldk + j]); });
 }
 }  // namespace
 

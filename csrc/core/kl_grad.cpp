@@ -1,13 +1,11 @@
 #include "kl_grad.h"
 
-#include "lens_epilogue.h"
-
 #include <cmath>
-#include <cstring>
 #include <limits>
 
-namespace fusedlens {
+#include "lens_epilogue.h"
 
+namespace fusedlens {
 
 void SoftmaxState::reset() {
   m = -std::numeric_limits<float>::infinity();

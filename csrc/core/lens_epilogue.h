@@ -41,16 +41,14 @@ float exp_nonpos(float x);
 void fold_tile(RowState& st, const RowQuery& q, const float* z, int64_t v0, int64_t width,
                const float* p_final, const float* z_final);
 
-// p[i] = exp(z[i] - lse) for the final row of a tile; returns their sum. The caller
-// divides the KL term by the total over all tiles, which absorbs the rounding
-// difference between the phase-1 lse and this sweep's logits.
-inline float final_probs(const float* z, float lse, float* p, int64_t width);
-
 // The vector pieces of every online softmax here (AVX-512 where built for it):
 // the largest of z[0, width), and p[i] = exp(z[i] - shift) for z <= shift with Σ p.
 float tile_max(const float* z, int64_t width);
 float exp_shifted(const float* z, float shift, float* p, int64_t width);
 
+// p[i] = exp(z[i] - lse) for the final row of a tile; returns their sum. The caller
+// divides the KL term by the total over all tiles, which absorbs the rounding
+// difference between the phase-1 lse and this sweep's logits.
 inline float final_probs(const float* z, float lse, float* p, int64_t width) { return exp_shifted(z, lse, p, width); }
 
 // z <- softcap(z + bias) in place over one tile row; bias may be null, cap <= 0 means none.

@@ -173,16 +173,17 @@ void sweep_bf16(const float* xn, const float* xf, const W* w, int64_t V, int64_t
   std::vector<uint32_t> packed_g(grad ? fusedlens::packed_b_size(d, vocab_tile) : 0);
   for (int64_t v0 = 0; v0 < V; v0 += vocab_tile) {
     const int64_t width = std::min(vocab_tile, V - v0), we = width + (width & 1);
-    const int64_t panels_z = (width + 31) / 32, panels_g = grad ? (d + 31) / 32 : 0;
+    constexpr int64_t P = fusedlens::kPackPanel;
+    const int64_t panels_z = (width + P - 1) / P, panels_g = grad ? (d + P - 1) / P : 0;
     const W* w_tile = w + v0 * d;
     at::parallel_for(0, panels_z + panels_g, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         if (p < panels_z) {  // logits: C = A · W_tileᵀ, pairs along d
-          const int64_t j0 = p * 32;
-          fusedlens::pack_b(w_tile + j0 * d, d, std::min<int64_t>(32, width - j0), d, packed_z.data() + j0 * (dk / 2));
+          const int64_t j0 = p * P;
+          fusedlens::pack_b(w_tile + j0 * d, d, std::min(P, width - j0), d, packed_z.data() + j0 * (dk / 2));
         } else {  // gradient: acc += E · W_tile, pairs along the vocabulary
-          const int64_t j0 = (p - panels_z) * 32;
-          fusedlens::pack_b_t(w_tile + j0, d, width, std::min<int64_t>(32, d - j0), packed_g.data() + j0 * (we / 2));
+          const int64_t j0 = (p - panels_z) * P;
+          fusedlens::pack_b_t(w_tile + j0, d, width, std::min(P, d - j0), packed_g.data() + j0 * (we / 2));
         }
       }
     });

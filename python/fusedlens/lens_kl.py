@@ -38,7 +38,6 @@ import torch
 
 from ._checks import check_same_width, check_tensor
 from .readout import Unembed
-from .reference import COMPUTE_MODES
 
 
 @dataclass
@@ -120,7 +119,7 @@ def lens_kl(xn: torch.Tensor, xn_final: torch.Tensor, unembed: Unembed, *, backe
     compute: "fp32", "bf16" (see the module docstring) or "auto" ("bf16" for bf16 weights).
     token_block / vocab_tile tune the `cpu` backend's tiling (tokens per block, vocab ids per tile).
     """
-    from .ops import bf16_dot_on_cpu, pick_backend
+    from .ops import bf16_dot_on_cpu, pick_backend, resolve_compute
 
     check_tensor("xn", xn, ndim=(2, 3), floating=True)
     if xn.dim() == 2:
@@ -137,10 +136,7 @@ def lens_kl(xn: torch.Tensor, xn_final: torch.Tensor, unembed: Unembed, *, backe
     if xn.device != unembed.weight.device or xn_final.device != xn.device:
         raise ValueError(f"xn, xn_final, unembed: on different devices ({xn.device}, {xn_final.device}, "
                          f"{unembed.weight.device})")
-    if compute == "auto":
-        compute = "bf16" if unembed.weight.dtype == torch.bfloat16 else "fp32"
-    if compute not in COMPUTE_MODES:
-        raise ValueError(f"compute: expected 'auto' or one of {COMPUTE_MODES}, got {compute!r}")
+    compute = resolve_compute(compute, unembed.weight)
     if token_block < 1 or vocab_tile < 16:
         raise ValueError(f"token_block, vocab_tile: expected >= 1 and >= 16, got {token_block}, {vocab_tile}")
     backend = pick_backend(xn.device, backend)

@@ -27,6 +27,15 @@ def bf16_dot_on_cpu() -> bool:
     return _C is not None and bool(_C.has_bf16_dot())
 
 
+def resolve_compute(compute: str, weight: torch.Tensor) -> str:
+    """'auto' -> 'bf16' for bf16 weights (as the model's own head multiplies), else 'fp32'; checks the name."""
+    if compute == "auto":
+        compute = "bf16" if weight.dtype == torch.bfloat16 else "fp32"
+    if compute not in reference.COMPUTE_MODES:
+        raise ValueError(f"compute: expected 'auto' or one of {reference.COMPUTE_MODES}, got {compute!r}")
+    return compute
+
+
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     from . import kernels
 
@@ -124,10 +133,7 @@ def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets:
         raise ValueError(f"k: expected 1 <= k <= {min(MAX_TOPK, unembed.vocab_size)}, got {k}")
     if targets is not None:
         targets = check_ids("targets", targets, unembed.vocab_size, rows=tokens).reshape(tokens)
-    if compute == "auto":
-        compute = "bf16" if unembed.weight.dtype == torch.bfloat16 else "fp32"
-    if compute not in reference.COMPUTE_MODES:
-        raise ValueError(f"compute: expected 'auto' or one of {reference.COMPUTE_MODES}, got {compute!r}")
+    compute = resolve_compute(compute, unembed.weight)
     if token_block < 1 or vocab_tile < 1:
         raise ValueError(f"token_block, vocab_tile: must be positive, got {token_block}, {vocab_tile}")
     backend = pick_backend(hidden.device, backend)
