@@ -23,12 +23,12 @@ Without CUDA the module imports fine and every test is skipped.
 from __future__ import annotations
 
 import importlib.util
-import json
 import pathlib
 import sys
 
 import pytest
 import torch
+from measure import write_result
 
 S, T, D, K = 31, 2048, 576, 10
 VOCABS = (49152, 128256)
@@ -231,9 +231,7 @@ def main() -> int:
         "ratios": ratios,
         "agreement_vs_naive_fp32": checks,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    print(f"wrote {RESULTS}")
+    write_result(result, str(RESULTS))
     return 0
 
 

@@ -1,8 +1,10 @@
 """What the bench scripts share: peak RSS of an op (Linux VmHWM, reset once its inputs
-exist) and writing a result file."""
+exist) and writing a result file that names the machine's ISA."""
 import json
 import os
 import resource
+
+import torch
 
 
 def rss_kib(field: str = "VmRSS") -> int:
@@ -31,6 +33,11 @@ def peak_rss_kib() -> int:
 
 
 def write_result(obj, path: str) -> None:
+    """Write a result as JSON, with the machine it was measured on (CPU, ISA level, kernel variants)."""
+    from fusedlens.cpu import machine
+
+    if isinstance(obj, dict):  # the script's own machine fields (load average, ...) are kept
+        obj = {**obj, "machine": {**machine(), "torch": torch.__version__, **obj.get("machine", {})}}
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(obj, f, indent=2)

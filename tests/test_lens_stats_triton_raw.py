@@ -22,7 +22,6 @@ with float64 logits of the bf16-rounded weights):
 import importlib.util
 import os
 import pathlib
-import time
 
 import pytest
 import torch
@@ -265,22 +264,34 @@ def test_softcap_small_arguments():
 
 # ---------------------------------------------------------------- exact ties
 
+def dyadic(shape, den, lo, hi):
+    """Random multiples of 1/den in [lo/den, hi/den]: with den a power of two and small
+    numerators, every product and partial sum of a logit is exact in fp32 (and bf16 holds
+    the weights exactly), so duplicated rows tie exactly whatever order a GEMM sums in."""
+    return torch.randint(lo, hi + 1, shape).float() / den
+
+
 def tied_problem(S, T, d, V, *, n_hot=12, wdtype=torch.float32, seed_bias=True):
     """Hot rows of w with exact duplicates elsewhere; xn points at hot rows, so the
-    top-k, the final top-1 and the targets land on exactly tied logits."""
-    w = torch.randn(V, d)
+    top-k, the final top-1 and the targets land on exactly tied logits. All values are
+    dyadic: |w| <= 1 in steps of 1/16, |xn| < 2^6 in steps of 1/16, so each product is a
+    multiple of 2^-8 below 2^6 and any sum of d <= 2^7 of them stays below 2^13, well
+    inside fp32's 24-bit significand: every logit is exact on any CPU or GPU."""
+    assert d <= 128
+    w = dyadic((V, d), 16, -16, 16)
     perm = torch.randperm(V)
     hot, dup = perm[:n_hot], perm[n_hot:2 * n_hot]
     w[dup] = w[hot]
     dup2 = perm[2 * n_hot:2 * n_hot + n_hot // 2]  # a third copy of some
     w[dup2] = w[hot[:n_hot // 2]]
     w = w.to(wdtype)
-    bias = torch.randn(V).to(wdtype) if seed_bias else None
+    bias = dyadic((V,), 16, -32, 32).to(wdtype) if seed_bias else None
     if bias is not None:
         bias[dup] = bias[hot]
         bias[dup2] = bias[hot[:n_hot // 2]]
     mix = torch.randn(S, T, n_hot).abs() ** 3  # each row leans on a few hot rows
     xn = (mix @ w[hot].float()) / (d ** 0.5) + 0.05 * torch.randn(S, T, d)
+    xn = (xn * 16).round().clamp(-1023, 1023) / 16
     targets = torch.cat([hot, dup, dup2])[torch.randint(0, 2 * n_hot + n_hot // 2, (T,))]
     targets[0] = -1
     return xn, w, bias, targets, hot, dup
@@ -343,13 +354,6 @@ def test_bad_input(mutate, match):
     x, w, t, k = mutate(torch.randn(2, 3, 16), torch.randn(60, 16), torch.randint(0, 60, (3,)), 2)
     with pytest.raises(ValueError, match=match):
         tls.lens_stats(x, w, None, 0.0, t, k)
-
-
-def test_fast_enough_under_interpreter():
-    t0 = time.perf_counter()
-    xn, w, bias, targets = make(4, 9, 64, 1100)
-    run_and_check(xn, w, bias, 0.0, targets, 32)
-    assert time.perf_counter() - t0 < 20
 
 
 # ---------------------------------------------------------------- the GPU path compiles (no GPU needed)

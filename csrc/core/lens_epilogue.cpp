@@ -21,6 +21,14 @@ void RowState::reset(int topk) {
   filled = 0;
 }
 
+bool has_avx512_epilogue() {
+#if defined(__AVX512F__) && !defined(FUSEDLENS_PORTABLE)
+  return true;
+#else
+  return false;
+#endif
+}
+
 float RowState::lse() const { return m + std::log(s); }
 float RowState::entropy() const { return std::log(s) - u / s; }
 

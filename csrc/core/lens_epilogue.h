@@ -31,6 +31,9 @@ struct RowState {
   float entropy() const;
 };
 
+// Whether this build compiled the AVX-512 epilogue (else the generic loop runs).
+bool has_avx512_epilogue();
+
 // exp(x) for x <= 0 (relative error < 2e-7; exp(x < -87) is flushed to 0).
 float exp_nonpos(float x);
 

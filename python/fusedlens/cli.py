@@ -15,10 +15,11 @@ def _cmd_demo(args) -> int:
 
 def _cmd_info(args) -> int:
     from . import ops
+    from .cpu import machine
     from .models import load_model
 
     lm = load_model(args.model, gguf_file=args.gguf_file)
-    print(json.dumps({**lm.describe(), "backends": ops.available_backends(lm.device)}, indent=2))
+    print(json.dumps({**lm.describe(), "backends": ops.available_backends(lm.device), "machine": machine()}, indent=2))
     return 0
 
 
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seq-len", type=int, default=512, help="tokens per forward (default 512)")
     d.add_argument("--out", default="fusedlens_out", help="output folder (default fusedlens_out)")
     d.set_defaults(func=_cmd_demo)
-    i = sub.add_parser("info", help="what the adapter finds in a model (layers, final norm, unembedding)")
+    i = sub.add_parser("info", help="what the adapter finds in a model (layers, final norm, unembedding) and the CPU's ISA and kernel variants")
     i.add_argument("--model", default=None, help="HF name, folder or .gguf file (default: embedded SmolLM2-135M)")
     i.add_argument("--gguf-file", default=None, help="GGUF file name inside --model's folder")
     i.set_defaults(func=_cmd_info)
