@@ -5,7 +5,7 @@ Built against the torch already installed (pip install --no-build-isolation .).
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 try:
     from torch.utils.cpp_extension import BuildExtension, CppExtension
@@ -24,7 +24,7 @@ setup(
     description="Compiled mechanistic-interpretability engine: fused logit/tuned lens and streaming probes",
     python_requires=">=3.10",
     package_dir={"fusedlens": "python/fusedlens", "fusedlens.kernels": "kernels"},
-    packages=["fusedlens", "fusedlens.kernels"],
+    packages=find_packages("python") + ["fusedlens.kernels"],
     ext_modules=[CppExtension("fusedlens._C", sources, extra_compile_args=cxx_flags,
                               extra_link_args=["-fopenmp"])],
     cmdclass={"build_ext": BuildExtension},

@@ -12,7 +12,7 @@ TOKENS, SEQ_LEN = 256, 128
 
 @pytest.fixture(scope="module")
 def lm():
-    from fusedlens.models import load_model
+    from fusedlens.core.models import load_model
 
     return load_model()
 

@@ -34,7 +34,7 @@ def peak_rss_kib() -> int:
 
 def write_result(obj, path: str) -> None:
     """Write a result as JSON, with the machine it was measured on (CPU, ISA level, kernel variants)."""
-    from fusedlens.cpu import machine
+    from fusedlens.core.cpu import machine
 
     if isinstance(obj, dict):  # the script's own machine fields (load average, ...) are kept
         obj = {**obj, "machine": {**machine(), "torch": torch.__version__, **obj.get("machine", {})}}

@@ -15,8 +15,8 @@ import time
 import torch
 from measure import write_result
 
-from fusedlens.ridge import RidgeAccumulator
-from fusedlens.ridge_solve import SiteFit, default_rcond
+from fusedlens.probe.accumulator import RidgeAccumulator
+from fusedlens.probe.solve import SiteFit, default_rcond
 
 SITES, D_MODEL, TARGETS = 31, 576, 4
 ALPHAS = (0.0, 1e-3, 1e-1)
@@ -124,18 +124,17 @@ def accumulation(args):
 def end_to_end(windows, seq_len):
     """Forward alone vs forward + targets + accumulation on SmolLM2-135M (probe's own timing split)."""
     from fusedlens import load_model
-    from fusedlens.capture import ResidualCapture
+    from fusedlens.core.capture import ResidualCapture
     from fusedlens.probe import probe
 
     lm = load_model()
     tokens = windows * seq_len
     capture = ResidualCapture(lm)
-    from fusedlens.demo import pydoc_text
-    from fusedlens.probe import corpus_ids, token_windows
+    from fusedlens.data.windows import corpus_ids, windows
 
-    ids = corpus_ids(lm, pydoc_text(), tokens)
+    ids = corpus_ids(lm.tokenizer, None, tokens + 1)
     t0 = time.perf_counter()
-    for w in token_windows(ids, seq_len):
+    for w in windows(ids, seq_len, overlap=1):
         capture.run(w[None])
     forward_only = time.perf_counter() - t0
     out = {"tokens": tokens, "seq_len": seq_len, "forward_only_s": forward_only}

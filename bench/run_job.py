@@ -24,15 +24,15 @@ from measure import peak_rss_kib, write_result
 
 
 def _sequences(lm, tokens, seq_len):
-    from fusedlens.corpus import iter_sequences
+    from fusedlens.data.corpus import iter_sequences
 
     return list(iter_sequences(lm.tokenizer, ["pydoc"], seq_len, stop=-(-tokens // seq_len)))
 
 
 def naive_job(tokens: int, seq_len: int, lm=None) -> dict:
-    from fusedlens.aggregate import LensAggregate
-    from fusedlens.models import load_model
-    from fusedlens.reference import stats_from_logits
+    from fusedlens.lens.aggregate import LensAggregate
+    from fusedlens.core.models import load_model
+    from fusedlens.ops.reference import stats_from_logits
 
     lm = lm or load_model()
     model = lm.model
@@ -55,7 +55,7 @@ def naive_job(tokens: int, seq_len: int, lm=None) -> dict:
 
 
 def floor_job(tokens: int, seq_len: int, lm=None) -> dict:
-    from fusedlens.models import load_model
+    from fusedlens.core.models import load_model
 
     lm = lm or load_model()
     seqs = _sequences(lm, tokens, seq_len)
@@ -71,7 +71,7 @@ def floor_job(tokens: int, seq_len: int, lm=None) -> dict:
 
 
 def fused_job(tokens: int, seq_len: int, lm=None, compute: str = "auto") -> dict:
-    from fusedlens.runner import RunConfig, run
+    from fusedlens.run.job import RunConfig, run
 
     with tempfile.TemporaryDirectory() as out:
         cfg = RunConfig(corpus=["pydoc"], out=out, seq_len=seq_len, batch_size=1, max_tokens=tokens, progress=False,
@@ -101,7 +101,7 @@ def ratios(value: dict, suffix: str = "") -> dict:
 
 
 def interleaved(tokens: int, seq_len: int, rounds: int, names: list[str]) -> dict:
-    from fusedlens.models import load_model
+    from fusedlens.core.models import load_model
 
     lm = load_model()
     best = {name: float("inf") for name in names}

@@ -28,7 +28,7 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 def make_inputs(tokens, vocab, seed=0):
     from fusedlens import FinalNorm, Unembed
-    from fusedlens.tuned import TunedLens, standard_sites
+    from fusedlens.tuned.lens import TunedLens, standard_sites
 
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(SITES + 1, tokens, D_MODEL, generator=g).mul_(2)  # in place: no temporaries

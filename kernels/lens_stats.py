@@ -1,4 +1,4 @@
-"""Fused logit-lens statistics in Triton (DESIGN.md, "What the lens kernel computes, per row").
+"""Fused logit-lens statistics in Triton (docs/design.md, "What ops.lens_stats computes, per row").
 
     lens_stats(xn, w, bias, softcap, targets, k)
         -> (lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl_to_final, final_top1_rank)

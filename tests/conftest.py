@@ -5,6 +5,8 @@ import os
 import pytest
 import torch
 
+TEXT_CHARS = 6000
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -21,3 +23,36 @@ def backends_here(device="cpu"):
     from fusedlens import ops
 
     return ops.available_backends(device)
+
+
+@pytest.fixture(scope="session")
+def text():
+    """Real English text: the first TEXT_CHARS characters of the pydoc corpus."""
+    from fusedlens.data.pydoc import pydoc_text
+
+    return pydoc_text()[:TEXT_CHARS]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A saved tiny random Llama with its tokenizer: a model folder as users pass with --model."""
+    from tiny_models import tiny_model, tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def lm(model_dir):
+    from fusedlens.core.models import load_model
+
+    return load_model(model_dir)
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("corpus") / "pydoc.txt"
+    path.write_text(text)
+    return str(path)

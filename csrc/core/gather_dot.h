@@ -1,5 +1,5 @@
 // Row-wise gather-dot: out[r] = <x[r, :], w[ids[r], :]> + bias[ids[r]].
-// The target-logit step of the lens (DESIGN.md): each token's logit for its own
+// The target-logit step of the lens (docs/design.md): each token's logit for its own
 // next token, computed before the vocabulary sweep so that the sweep can count
 // its rank. Plain C++ (no torch) so that the CMake build and ctest exercise it.
 #pragma once

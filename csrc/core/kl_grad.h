@@ -1,4 +1,4 @@
-// Per-row online pieces of the fused linear-KL loss (DESIGN.md, "Tuned lens").
+// Per-row online pieces of the fused linear-KL loss (docs/design.md, "Tuned lens").
 // Torch-free: the driver computes each tile of logits z = x·W_tileᵀ and feeds it here.
 //
 // One sweep over the vocabulary gives, for a lens row z and its token's final row z_f,

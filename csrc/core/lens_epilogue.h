@@ -1,4 +1,4 @@
-// Online per-row statistics over vocabulary tiles (DESIGN.md, "What the lens kernel
+// Online per-row statistics over vocabulary tiles (docs/design.md, "What ops.lens_stats
 // computes"). Torch-free: the driver computes each tile of logits (a GEMM) and feeds
 // it here; the tile is read once from cache and never written back to memory.
 #pragma once

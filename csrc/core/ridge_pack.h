@@ -1,4 +1,4 @@
-// Pieces of the streaming ridge accumulation (DESIGN.md, "Streaming ridge probes")
+// Pieces of the streaming ridge accumulation (docs/design.md, "Streaming ridge probes")
 // that need no torch: packing one layer's rows into the shifted, augmented fp32
 // matrix W = [x - shift_x | y - shift_y | 1], adding the upper triangle of an fp32
 // Gram tile of W into float64 totals (the GEMM between them is done by the caller),

@@ -146,12 +146,14 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const int64_t* tgt = targets.data_ptr<int64_t>();
 
-  // Phase 1: the final layer alone, for its lse and top-1 (1/S of the work).
+  // Phase 1: the final layer alone, for its lse and top-1 (1/S of the work). A single site is its
+  // own final layer (KL 0, its top-1 ranked 0): one sweep does, as probe targets want.
+  const bool one_site = S == 1;
   std::vector<float> lse_final(T);
-  std::vector<int64_t> top1_final(T);
+  std::vector<int64_t> top1_final(T, -1);
   const torch::Tensor final_rows = xn[S - 1];
   const int64_t p1_tokens = std::max<int64_t>(token_block * S, 16);
-  for_each_unit(T, p1_tokens, [&](int64_t t0, int64_t n) {
+  if (!one_site) for_each_unit(T, p1_tokens, [&](int64_t t0, int64_t n) {
     std::vector<RowState> st(n);
     std::vector<RowQuery> q(n, RowQuery{-1, nan, -1, nan});
     for (auto& s : st) s.reset(1);
@@ -203,7 +205,7 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
           gq[s * m + j] = RowQuery{ids_t[g], capped(z_t[g], cap), ids_f[g], capped(z_f[g], cap)};
         }
       groups.push_back(Group{xn.narrow(1, t0 + g0, m).reshape({S * m, d}).contiguous(), {}, S, m, gst, gq,
-                             lse_final.data() + t0 + g0, pf_total.data() + g0});
+                             one_site ? nullptr : lse_final.data() + t0 + g0, pf_total.data() + g0});
     }
     sweep(sw, groups);
     for (size_t gi = 0; gi < groups.size(); ++gi) {
@@ -222,7 +224,7 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
           const bool has_target = ids_t[g] >= 0;
           target_logit.data_ptr<float>()[g] = has_target ? r.seen_target_logit : nan;
           target_rank.data_ptr<int64_t>()[g] = has_target ? r.rank_target : -1;
-          final_rank.data_ptr<int64_t>()[g] = r.rank_final_top1;
+          final_rank.data_ptr<int64_t>()[g] = one_site ? 0 : r.rank_final_top1;
           for (int64_t i = 0; i < k; ++i) {
             topk_ids.data_ptr<int64_t>()[g * k + i] = r.top_id[i];
             topk_logits.data_ptr<float>()[g * k + i] = r.top_logit[i];

@@ -1,0 +1,93 @@
+"""A command's config dataclass is its command line: flags, defaults, choices and help come from
+the fields, so each default is written once.
+
+Fields are declared with `core.config.option`. Field metadata: `help` (required), `choices`, `positional`, `flag` (another spelling than
+--field-name), `deprecated` (old spellings kept for one release; they warn). Booleans become
+switches: `--name` when the default is False, `--no-name` when it is True. A list field
+is a repeatable flag (or a positional taking one or more values).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+import warnings
+
+
+def _base_type(hint):
+    """int | None -> int; list[str] -> (str, True)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is list:
+        return args[0], True
+    if args:
+        return _base_type(args[0])
+    return hint, False
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling: does what the new one does, and says so on stderr."""
+
+    def __init__(self, option_strings, dest, new: str, store, **kw):
+        self.new, self.store = new, store
+        super().__init__(option_strings, dest, nargs=0 if store is not None else None, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        msg = f"{option_string} is deprecated and will be removed in the next release; use {self.new}"
+        warnings.warn(msg, FutureWarning, stacklevel=2)
+        print(f"fusedlens: warning: {msg}", file=sys.stderr)
+        setattr(namespace, self.dest, self.store if self.store is not None else values)
+
+
+def add_arguments(parser: argparse.ArgumentParser, *configs: type) -> None:
+    """Add one argument per field of each config dataclass."""
+    for cls in configs:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            meta = dict(f.metadata)
+            if "help" not in meta:
+                continue  # not a command-line field
+            typ, many = _base_type(hints[f.name])
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            name = "--" + f.name.replace("_", "-")
+            help_text = meta["help"] + ("" if default in (None, False, True, [], dataclasses.MISSING)
+                                        else f" (default {default})")
+            if typ is bool:
+                flag = meta.get("flag") or (f"--no-{f.name.replace('_', '-')}" if default else name)
+                parser.add_argument(flag, dest=f.name, action="store_false" if default else "store_true",
+                                    help=meta["help"])
+                for old in meta.get("deprecated", ()):
+                    parser.add_argument(old, dest=f.name, action=_Deprecated, new=flag, store=not default,
+                                        help=argparse.SUPPRESS)
+                continue
+            kw = {"type": typ, "help": help_text}
+            if "choices" in meta:
+                kw["choices"] = list(meta["choices"])
+            if meta.get("positional"):
+                parser.add_argument(f.name, nargs="+" if many else None, **kw)
+                continue
+            flag = meta.get("flag", name)
+            if many:
+                kw["action"] = "append"
+                kw["default"] = None
+            else:
+                kw["default"] = default
+            if "choices" not in kw:
+                kw["metavar"] = f.name.upper()
+            parser.add_argument(flag, dest=f.name, **kw)
+            for old in meta.get("deprecated", ()):
+                parser.add_argument(old, dest=f.name, action=_Deprecated, new=flag, store=None, type=typ,
+                                    help=argparse.SUPPRESS)
+
+
+def from_args(cls: type, args: argparse.Namespace, **override):
+    """The config of `cls` filled from parsed arguments (fields the parser lacks keep their default)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if hasattr(args, f.name):
+            v = getattr(args, f.name)
+            if v is None and f.default_factory is not dataclasses.MISSING:
+                continue  # a repeatable flag never given: the field's own default
+            values[f.name] = v
+    values.update(override)
+    return cls(**values)

@@ -1,0 +1,56 @@
+"""`fusedlens probe`: per-layer ridge probes of the final output over a corpus; held-out R² table, JSON, PNG."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.backends import BACKENDS
+from ..core.checks import check_output_dir
+from ..core.config import BACKEND_HELP, ModelOptions, option, out_default
+from ..probe.targets import TARGETS
+from .config import add_arguments, from_args
+
+HELP = "per-layer ridge probes of the final output (correct-token logit, ...): held-out R² table, JSON and PNG"
+
+
+@dataclass(kw_only=True)
+class ProbeConfig(ModelOptions):
+    train_tokens: int = option(24_000, "training tokens")
+    heldout_tokens: int = option(8_000, "held-out tokens after them")
+    seq_len: int = option(512, "tokens per forward")
+    folds: int = option(5, "folds of the penalty's cross-validation")
+    targets: str = option(",".join(TARGETS), f"comma-separated, from {','.join(TARGETS)} (the first one gets the "
+                                             "full table)")
+    text: str | None = option(None, "a UTF-8 text file as corpus (default: pydoc_data.topics)")
+    backend: str | None = option(None, BACKEND_HELP, choices=BACKENDS)
+    out: str = option(out_default("probe"), "output folder")
+    progress: bool = option(True, "no progress bar", deprecated=("--quiet",))
+
+
+def main(args) -> int:
+    from ..data.corpus import read_text
+    from ..probe.fit import probe
+    from ..report.probe import format_number, format_probe_table, write_probe_outputs
+
+    cfg = from_args(ProbeConfig, args)
+    check_output_dir("out", cfg.out)
+    targets = [t.strip() for t in cfg.targets.split(",") if t.strip()]
+    corpus = read_text(cfg.text) if cfg.text else None
+    lm = cfg.load()
+    result = probe(lm, corpus, train_tokens=cfg.train_tokens, heldout_tokens=cfg.heldout_tokens, seq_len=cfg.seq_len,
+                   targets=targets, folds=cfg.folds, backend=cfg.backend, progress=cfg.progress)
+    print(format_probe_table(result))
+    claim = result.claim()
+    print(f"\nclaim: {claim['statement']}: {'holds' if claim['holds'] else 'does not hold'} "
+          f"(min held-out R² {format_number(claim['min_r2_heldout'], '.4f')})")
+    t = result.meta["timing"]
+    print(f"time: forward {t['forward_s']:.1f}s, targets {t['targets_s']:.1f}s, accumulate {t['accumulate_s']:.1f}s, "
+          f"solve {t['solve_s']:.1f}s, total {t['total_s']:.1f}s")
+    json_path, png_path = write_probe_outputs(result, cfg.out)
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("probe", help=HELP)
+    add_arguments(p, ProbeConfig)
+    p.set_defaults(func=main)

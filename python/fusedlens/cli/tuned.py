@@ -1,0 +1,95 @@
+"""`fusedlens tuned train|eval`: train a tuned lens on the pydoc corpus and compare it with the logit lens.
+
+The corpus is the embedded pydoc text; its last --eval-tokens tokens are held out from
+training and `eval` reads only those (the first --tokens of them).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from ..core.backends import BACKENDS
+from ..core.checks import check_output_dir
+from ..core.config import BACKEND_HELP, ModelOptions, option, out_default
+from ..tuned.train import TrainConfig
+from .config import add_arguments, from_args
+
+HELP = "train a tuned lens / compare it with the logit lens on held-out text"
+DEFAULT_LENS = out_default("tuned")
+
+
+@dataclass(kw_only=True)
+class CorpusOptions(ModelOptions):
+    eval_tokens: int = option(8192, "tokens at the corpus end held out from training")
+    progress: bool = option(True, "no progress bar", deprecated=("--quiet",))
+
+
+@dataclass(kw_only=True)
+class TrainCommand(CorpusOptions):
+    out: str = option(DEFAULT_LENS, "checkpoint folder, resumed if present")
+    mid: bool = option(False, "also translators at the mid-layer sites")
+    bias: bool = option(True, "translators without the bias b")
+
+
+@dataclass(kw_only=True)
+class EvalCommand(CorpusOptions):
+    lens: str = option(DEFAULT_LENS, "tuned lens folder")
+    tokens: int = option(2048, "held-out tokens to evaluate")
+    seq_len: int = option(256, "tokens per sequence")
+    out: str | None = option(None, "where to write tuned_eval.json/png (default: the lens folder)")
+    backend: str | None = option(None, BACKEND_HELP, choices=BACKENDS)
+
+
+def _split(lm, eval_tokens: int):
+    from ..data.windows import corpus_ids, split_tail
+
+    return split_tail(corpus_ids(lm.tokenizer), eval_tokens)
+
+
+def train_main(args) -> int:
+    from ..tuned.lens import TunedLens
+    from ..tuned.train import train
+
+    cmd, cfg = from_args(TrainCommand, args), from_args(TrainConfig, args)
+    check_output_dir("out", cmd.out)
+    lm = cmd.load()
+    train_ids, _ = _split(lm, cmd.eval_tokens)
+    lens = TunedLens.from_model(lm, mid=cmd.mid, bias=cmd.bias)
+    history = train(lm, lens, train_ids, cfg, out_dir=cmd.out, progress=cmd.progress)
+    print(json.dumps({"out": cmd.out, "steps": len(history["loss"]), "tokens": history["tokens"],
+                      "train_seconds": round(history["seconds"], 1), "first_loss": history["loss"][0],
+                      "last_loss": history["loss"][-1], "compute": history.get("compute")}))
+    return 0
+
+
+def eval_main(args) -> int:
+    from ..report.tuned import format_tuned_table, write_tuned_report
+    from ..tuned.evaluate import evaluate
+    from ..tuned.lens import TunedLens
+
+    cmd = from_args(EvalCommand, args)
+    check_output_dir("out", cmd.out or cmd.lens)
+    lm = cmd.load()
+    lens = TunedLens.load(cmd.lens, lm)
+    _, held_out = _split(lm, cmd.eval_tokens)
+    ids = held_out[:cmd.tokens]
+    rows = evaluate(lm, lens, ids, seq_len=cmd.seq_len, backend=cmd.backend, progress=cmd.progress)
+    print(format_tuned_table(rows))
+    lens_sites = rows[:-1]
+    better = sum(r["kl_bits_tuned"] < r["kl_bits_logit"] for r in lens_sites)
+    print(f"\ntuned lens has lower held-out KL than the logit lens at {better} of {len(lens_sites)} sites")
+    meta = {"model": lm.describe(), "lens": cmd.lens, "held_out_tokens": ids.numel(), "seq_len": cmd.seq_len}
+    paths = write_tuned_report(rows, cmd.out or cmd.lens, meta, f"logit vs tuned lens, {ids.numel()} held-out tokens")
+    print("wrote " + " and ".join(paths))
+    return 0
+
+
+def register(sub) -> None:
+    t = sub.add_parser("tuned", help=HELP)
+    tsub = t.add_subparsers(dest="tuned_command", metavar="train|eval", required=True)
+    tr = tsub.add_parser("train", help="train (or resume) a tuned lens; checkpoints in the tuned-lens format")
+    add_arguments(tr, TrainConfig, TrainCommand)
+    tr.set_defaults(func=train_main)
+    ev = tsub.add_parser("eval", help="per-site KL and cross-entropy, logit vs tuned lens: table, JSON, PNG")
+    add_arguments(ev, EvalCommand)
+    ev.set_defaults(func=eval_main)

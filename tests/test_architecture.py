@@ -1,0 +1,64 @@
+"""The package tree is the architecture: imports go one way (docs/design.md, "Where things live").
+
+core ← data ← ops ← report ← lens, tuned, probe ← run ← cli: a module may import its own
+subpackage and the ones below it, never one above (a data module never imports the CLI),
+and the analyses on one level form no cycle.
+"""
+import ast
+import pathlib
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "python" / "fusedlens"
+LEVEL = {"core": 0, "data": 1, "ops": 2, "report": 3, "lens": 4, "tuned": 4, "probe": 4, "run": 5, "cli": 6}
+
+
+def internal_imports(path: pathlib.Path) -> set[str]:
+    """The fusedlens subpackages a module imports (relative or absolute, at any depth of the file)."""
+    sub = path.relative_to(PACKAGE).parts
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the module's own package
+                base = list(sub[:-1])[:len(sub) - node.level]
+                parts = base + (node.module.split(".") if node.module else [])
+                names = [parts + [a.name] for a in node.names] if not parts else [parts]
+            elif node.module and node.module.startswith("fusedlens."):
+                names = [node.module.split(".")[1:]]
+            else:
+                continue
+            out |= {p[0] for p in names if p and p[0] in LEVEL}
+        elif isinstance(node, ast.Import):
+            out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("fusedlens.")
+                    and a.name.split(".")[1] in LEVEL}
+    return out
+
+
+def test_every_subpackage_opens_with_what_it_owns():
+    for name in LEVEL:
+        doc = ast.get_docstring(ast.parse((PACKAGE / name / "__init__.py").read_text()))
+        assert doc and len(doc) > 20, name
+
+
+def test_imports_go_one_way():
+    edges = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).parts
+        if len(rel) < 2 or rel[0] not in LEVEL:
+            continue
+        for target in internal_imports(path):
+            assert LEVEL[target] <= LEVEL[rel[0]], f"{'/'.join(rel)} imports {target}, a level above it"
+            if target != rel[0]:
+                edges.setdefault(rel[0], set()).add(target)
+    same_level = {a: {b for b in bs if LEVEL[b] == LEVEL[a]} for a, bs in edges.items()}
+    for a, bs in same_level.items():  # siblings may lean on each other one way only
+        for b in bs:
+            assert a not in same_level.get(b, set()), f"{a} and {b} import each other"
+
+
+def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
+    bad = PACKAGE / "data" / "windows.py"
+    assert "cli" not in internal_imports(bad)
+    fake = tmp_path / "python" / "fusedlens" / "data"
+    fake.mkdir(parents=True)
+    (fake / "bad.py").write_text("from ..cli import main\nfrom fusedlens.run.job import run\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path / "python" / "fusedlens")
+    assert internal_imports(fake / "bad.py") == {"cli", "run"}

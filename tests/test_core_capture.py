@@ -1,0 +1,186 @@
+"""Residual capture: the right sites, only real positions, and padding-independent rows."""
+import pytest
+import torch
+
+from fusedlens import LensModel, ResidualCapture
+from fusedlens.core.checks import IGNORE_INDEX
+from tiny_models import ARCHS, VOCAB, random_batch, tiny_model
+
+ATOL = RTOL = 1e-5  # float32; rows differ only by summation order
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def arch_lm(request):
+    return request.param, LensModel.from_hf(tiny_model(request.param))
+
+
+def pad_pair(a, b, side):
+    """Two sequences in one batch, the shorter padded on `side` with random junk ids."""
+    seq = max(len(a), len(b))
+    ids = torch.randint(0, VOCAB, (2, seq))  # junk under the padding must not matter
+    mask = torch.zeros(2, seq, dtype=torch.long)
+    for row, s in enumerate((a, b)):
+        sl = slice(seq - len(s), seq) if side == "left" else slice(0, len(s))
+        ids[row, sl], mask[row, sl] = s, 1
+    return ids, mask
+
+
+@torch.no_grad()
+def test_sites_match_hf_hidden_states(arch_lm):
+    arch, lm = arch_lm
+    L = lm.n_layers
+    ids = random_batch(2, 8)
+    res = ResidualCapture(lm).run(ids)
+    assert res.sites == ["embed"] + [f"resid.{i}" for i in range(L)]
+    assert res.hidden.shape == (L + 1, ids.numel(), lm.d_model)
+    hs = lm.model(input_ids=ids, output_hidden_states=True).hidden_states
+    # hidden_states[0] is the embedding output (with Gemma's sqrt(d) scaling); [i+1] is block i's
+    # output except the last entry, which HF replaces by the final-normed state.
+    torch.testing.assert_close(res.hidden[0], hs[0].flatten(0, 1), atol=ATOL, rtol=RTOL)
+    for i in range(L - 1):
+        torch.testing.assert_close(res.hidden[1 + i], hs[i + 1].flatten(0, 1), atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(lm.norm(res.hidden[-1]), hs[-1].flatten(0, 1), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@torch.no_grad()
+def test_padding_gives_the_unpadded_rows(arch_lm, side):
+    arch, lm = arch_lm
+    a, b = torch.randint(0, VOCAB, (9,)), torch.randint(0, VOCAB, (5,))
+    cap = ResidualCapture(lm, mid=True)  # tiny gpt_neox is sequential, so it has mid sites too
+    alone = [cap.run(s[None]) for s in (a, b)]
+    ids, mask = pad_pair(a, b, side)
+    res = cap.run(ids, mask)
+    assert res.hidden.shape[1] == len(a) + len(b) == int(mask.sum())
+    torch.testing.assert_close(res.hidden, torch.cat([r.hidden for r in alone], 1), atol=ATOL, rtol=RTOL)
+    assert res.batch_index.tolist() == [0] * len(a) + [1] * len(b)
+    assert res.position.tolist() == mask.nonzero()[:, 1].tolist()
+    assert torch.equal(res.input_ids, torch.cat([a, b]))
+    # Targets: the next real token, IGNORE_INDEX at each sequence's last token.
+    want = torch.cat([a[1:], torch.tensor([IGNORE_INDEX]), b[1:], torch.tensor([IGNORE_INDEX])])
+    assert torch.equal(res.targets, want)
+
+
+@torch.no_grad()
+def test_llama_mid_is_input_plus_attention():
+    lm = LensModel.from_hf(tiny_model("llama"))
+    seen = {}
+    hooks = []
+    for i, block in enumerate(lm.layers):
+        hooks.append(block.register_forward_pre_hook(
+            lambda m, args, kwargs, i=i: seen.__setitem__(("in", i), (args[0] if args else kwargs["hidden_states"])),
+            with_kwargs=True))
+        hooks.append(block.self_attn.register_forward_hook(
+            lambda m, args, out, i=i: seen.__setitem__(("attn", i), out[0])))
+    try:
+        ids = random_batch(2, 6)
+        res = ResidualCapture(lm, mid=True).run(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert res.sites[:3] == ["embed", "mid.0", "resid.0"]
+    for i in range(lm.n_layers):
+        want = (seen["in", i] + seen["attn", i]).flatten(0, 1)
+        torch.testing.assert_close(res.hidden[res.sites.index(f"mid.{i}")], want, atol=ATOL, rtol=RTOL)
+        # The mid residual is neither the block input nor its output.
+        assert (res.hidden[res.sites.index(f"mid.{i}")] - seen["in", i].flatten(0, 1)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt", "gemma2", "mistral", "qwen2", "phi3"])
+@torch.no_grad()
+def test_mid_site_exists(arch):
+    lm = LensModel.from_hf(tiny_model(arch))
+    ids = random_batch(2, 5)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    res = ResidualCapture(lm, mid=True, layers=[1]).run(ids, mask)
+    assert res.sites == ["embed", "mid.1", "resid.1"]
+    assert res.hidden.shape == (3, int(mask.sum()), lm.d_model)
+    assert torch.isfinite(res.hidden).all()
+    assert (res.hidden[1] - res.hidden[2]).abs().max() > 1e-3
+
+
+def test_parallel_residual_has_no_mid_site():
+    lm = LensModel.from_hf(tiny_model("gpt_neox", use_parallel_residual=True))
+    with pytest.raises(ValueError, match="parallel"):
+        ResidualCapture(lm, mid=True).run(random_batch(1, 4))
+    ResidualCapture(lm, mid=False).run(random_batch(1, 4))  # the rest still works
+
+
+@torch.no_grad()
+def test_consumer_sees_every_site_in_order(arch_lm):
+    arch, lm = arch_lm
+    got = []
+    cap = ResidualCapture(lm, mid=True, consumer=lambda site, rows: got.append((site, rows.clone())), keep=False)
+    ids = random_batch(2, 5)
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0
+    res = cap.run(ids, mask)
+    assert [s for s, _ in got] == cap.sites == res.sites
+    assert all(rows.shape == (int(mask.sum()), lm.d_model) for _, rows in got)
+    kept = ResidualCapture(lm, mid=True).run(ids, mask)
+    torch.testing.assert_close(torch.stack([r for _, r in got]), kept.hidden, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+@torch.no_grad()
+def test_forward_stops_after_last_captured_block(arch):
+    lm = LensModel.from_hf(tiny_model(arch))
+    calls = [0] * lm.n_layers
+    hooks = [b.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+             for i, b in enumerate(lm.layers)]
+    try:
+        res = ResidualCapture(lm, layers=[0]).run(random_batch(2, 4))
+        assert res.sites == ["embed", "resid.0"]
+        assert calls == [1] + [0] * (lm.n_layers - 1)
+        ResidualCapture(lm, layers=[0], full_forward=True).run(random_batch(2, 4))
+        assert calls == [2] + [1] * (lm.n_layers - 1)
+    finally:
+        for h in hooks:
+            h.remove()
+    # Negative indices count from the end; duplicates collapse.
+    assert ResidualCapture(lm, layers=[-1, 2, 0], embed=False).sites == ["resid.0", f"resid.{lm.n_layers - 1}"]
+
+
+@pytest.mark.parametrize("ids, mask, match", [
+    (torch.tensor([[1, 2, VOCAB]]), None, "outside"),
+    (torch.tensor([[1, -1, 3]]), None, "outside"),
+    (torch.tensor([[1, 2, 3]]), torch.ones(1, 2, dtype=torch.long), "attention_mask"),
+    (torch.tensor([[1, 2, 3]]), torch.ones(3, dtype=torch.long), "attention_mask"),
+    (torch.tensor([[1, 2, 3]]), torch.zeros(1, 3, dtype=torch.long), "no real token"),
+    (torch.tensor([[1, 2, 3]]), torch.tensor([[1, 2, 1]]), "0 .*and 1"),
+    (torch.zeros(0, dtype=torch.long), None, "empty"),
+    (torch.zeros(2, 0, dtype=torch.long), None, "empty"),
+    (torch.tensor([[1.0, 2.0]]), None, "integer"),
+])
+def test_bad_input(ids, mask, match):
+    lm = LensModel.from_hf(tiny_model("llama"))
+    with pytest.raises(ValueError, match=match):
+        ResidualCapture(lm).run(ids, mask)
+
+
+@pytest.mark.parametrize("layers", [[], [3], [-4], [0, 7]])
+def test_bad_layers(layers):
+    lm = LensModel.from_hf(tiny_model("llama"))
+    with pytest.raises(ValueError, match="layers"):
+        ResidualCapture(lm, layers=layers)
+
+
+def test_parse_layers():
+    from fusedlens.core.capture import parse_layers
+
+    assert parse_layers("all", 4) == [0, 1, 2, 3]
+    assert parse_layers("1-2", 4) == [1, 2] and parse_layers("0,-1", 4) == [0, 3]
+    for bad in ("x", "1-a", ""):
+        with pytest.raises(ValueError, match="layers"):
+            parse_layers(bad, 4)
+
+
+@pytest.mark.parametrize("spec", ["99", "-99", "4", "-5", "0,4", "2-9", "-9-1"])
+def test_out_of_range_layers_are_errors_not_wrapped(spec):
+    # the 0.1 parser took int(x) % n_layers: "99" on a 30-layer model silently decoded layer 9
+    from fusedlens.core.capture import parse_layers
+
+    with pytest.raises(ValueError, match=r"layers: .*\[-4, 4\)"):
+        parse_layers(spec, 4)
+    assert parse_layers("-4", 4) == [0] and parse_layers("-2--1", 4) == [2, 3]

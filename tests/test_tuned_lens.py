@@ -1,0 +1,96 @@
+"""Tuned-lens checkpoints: the tuned-lens package's format (params.pt + config.json), both ways.
+
+The format, as tuned_lens.nn.lenses.TunedLens.save writes it: params.pt is
+torch.save(layer_translators.state_dict()) (keys "{i}.weight" [d, d], "{i}.bias" [d]),
+config.json is the TunedLensConfig dataclass as a dict. The last test runs the real
+package (tuned-lens 0.2.0, which `make install` adds with --no-deps: its own pins would
+pull wandb and another torch).
+"""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from fusedlens import LensModel
+from fusedlens.tuned.lens import TunedLens, unembed_hash
+from tiny_models import tiny_model
+
+CONFIG_KEYS = {"base_model_name_or_path", "d_model", "num_hidden_layers", "bias", "base_model_revision",
+               "unembed_hash", "lens_type"}
+
+
+@pytest.fixture(scope="module")
+def hf_and_lm():
+    model = tiny_model("llama")
+    return model, LensModel.from_hf(model)
+
+
+def randomize(module, scale=0.05):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, scale)
+    return module
+
+
+def test_written_files_follow_the_format(hf_and_lm, tmp_path):
+    _, lm = hf_and_lm
+    lens = randomize(TunedLens.from_model(lm))
+    lens.save(str(tmp_path))
+    state = torch.load(tmp_path / "params.pt", weights_only=True)
+    d, n = lm.d_model, lm.n_layers
+    assert set(state) == {f"{i}.{p}" for i in range(n) for p in ("weight", "bias")}
+    assert all(state[f"{i}.weight"].shape == (d, d) and state[f"{i}.bias"].shape == (d,) for i in range(n))
+    assert torch.equal(state["1.bias"], lens.layer_translators[1].bias)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert set(cfg) == CONFIG_KEYS
+    assert cfg["d_model"] == d and cfg["num_hidden_layers"] == n and cfg["bias"] is True
+    assert cfg["lens_type"] == "linear_tuned_lens" and cfg["unembed_hash"] == unembed_hash(lm.unembed.weight)
+
+
+def test_loads_a_lens_written_the_tuned_lens_way(hf_and_lm, tmp_path):
+    _, lm = hf_and_lm
+    d, n = lm.d_model, lm.n_layers
+    translators = randomize(nn.ModuleList(nn.Linear(d, d) for _ in range(n)))
+    torch.save(translators.state_dict(), tmp_path / "params.pt")
+    (tmp_path / "config.json").write_text(json.dumps({
+        "base_model_name_or_path": "tiny", "d_model": d, "num_hidden_layers": n, "bias": True,
+        "base_model_revision": None, "unembed_hash": None, "lens_type": "linear_tuned_lens"}))
+    lens = TunedLens.load(str(tmp_path), lm)
+    h = torch.randn(n, 4, d)
+    with torch.no_grad():
+        want = torch.stack([lm.decode(h[i] + translators[i](h[i])) for i in range(n)])
+        assert torch.allclose(lens(h), want, atol=1e-5)
+
+
+def test_load_rejects_a_mismatched_lens(hf_and_lm, tmp_path):
+    _, lm = hf_and_lm
+    with pytest.raises(ValueError, match="not found"):
+        TunedLens.load(str(tmp_path), lm)
+    randomize(TunedLens.from_model(lm)).save(str(tmp_path))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": lm.n_layers + 1}))
+    with pytest.raises(ValueError, match="translators"):
+        TunedLens.load(str(tmp_path), lm)
+
+
+def test_round_trip_with_the_tuned_lens_package(hf_and_lm, tmp_path):
+    import tuned_lens as tl  # installed by `make install` (--no-deps)
+    model, lm = hf_and_lm
+    h = torch.randn(lm.n_layers, 5, lm.d_model)
+
+    theirs = tl.TunedLens.from_model(model)  # trained there ...
+    randomize(theirs.layer_translators)
+    theirs.save(tmp_path / "theirs")
+    ours = TunedLens.load(str(tmp_path / "theirs"), lm)  # ... loads here with the same logits
+    with torch.no_grad():
+        want = torch.stack([theirs(h[i], i) for i in range(lm.n_layers)])
+        assert torch.allclose(ours(h), want, atol=1e-5)
+
+    mine = randomize(TunedLens.from_model(lm))  # trained here ...
+    mine.save(str(tmp_path / "mine"))
+    back = tl.TunedLens.from_unembed_and_pretrained(theirs.unembed, str(tmp_path / "mine"))  # ... loads there
+    assert back.config.unembed_hash == json.loads((tmp_path / "mine" / "config.json").read_text())["unembed_hash"]
+    with torch.no_grad():
+        got = torch.stack([back(h[i], i) for i in range(lm.n_layers)])
+        assert torch.allclose(got, mine(h), atol=1e-5)
