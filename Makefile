@@ -30,5 +30,5 @@ test-py:
 # order a CPU's GEMM kernel happens to use. (On an AVX2 machine this repeats test-py.)
 AVX2_KERNELS = OPENBLAS_CORETYPE=Haswell MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2
 test-py-avx2:
-	$(AVX2_KERNELS) $(PY) -m pytest -q tests/test_lens_stats_triton_raw.py tests/test_lens_stats.py \
-		tests/test_lens_kl.py tests/test_ridge.py tests/test_ridge_kernels.py tests/test_probe.py
+	$(AVX2_KERNELS) $(PY) -m pytest -q tests/test_kernels_lens_stats.py tests/test_ops_lens_stats.py \
+		tests/test_ops_lens_kl.py tests/test_ops_ridge_gram.py tests/test_probe_accumulator.py tests/test_probe_fit.py
