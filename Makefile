@@ -2,7 +2,7 @@
 PY ?= python3
 PIP = $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: install demo test test-cpp test-py test-py-avx2 bench
+.PHONY: install demo test test-cpp test-py test-py-avx2 test-isa bench
 
 install:
 	$(PIP) torch==2.13.0
@@ -15,7 +15,7 @@ install:
 demo: install
 	$(PY) -m fusedlens demo
 
-test: install test-cpp test-py test-py-avx2
+test: install test-cpp test-py test-py-avx2 test-isa
 
 test-cpp:
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release > /dev/null
@@ -32,3 +32,12 @@ AVX2_KERNELS = OPENBLAS_CORETYPE=Haswell MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_C
 test-py-avx2:
 	$(AVX2_KERNELS) $(PY) -m pytest -q tests/test_kernels_lens_stats.py tests/test_ops_lens_stats.py \
 		tests/test_ops_lens_kl.py tests/test_ops_ridge_gram.py tests/test_probe_accumulator.py tests/test_probe_fit.py
+
+# The cpu-backend suites of the kernels once per ISA level this CPU supports, forced through
+# FUSEDLENS_ISA, so every kernel variant of the build (csrc/core/isa/) is checked here.
+test-isa:
+	for isa in $$($(PY) -c "from fusedlens.core.cpu import supported_isas; print(*supported_isas())"); do \
+		echo "FUSEDLENS_ISA=$$isa"; \
+		FUSEDLENS_ISA=$$isa $(PY) -m pytest -q -k "not triton" tests/test_ops_lens_stats.py \
+			tests/test_ops_lens_kl.py tests/test_ops_ridge_gram.py tests/test_ops_target_logit.py || exit 1; \
+	done

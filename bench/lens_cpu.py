@@ -79,26 +79,42 @@ def machine():
     return {"load_average": os.getloadavg()}  # write_result adds the CPU, its ISA and the kernel variants
 
 
-def interleaved(tokens, vocab, rounds):
+def interleaved(tokens, vocab, rounds, isas=()):
     """Timing only: all variants in one process, on the same inputs, in turns (shared-machine noise
-    hits them alike); the best of `rounds` per variant."""
+    hits them alike); the best of `rounds` per variant. `isas`: also the fused op with the kernels
+    forced to each of these ISA levels (fused_cpu@avx2, ...)."""
     from fusedlens import ops
+    from fusedlens.core.backends import _C
 
     hidden, norm, unembed, targets = make_inputs(tokens, vocab)
     unembed_bf16 = type(unembed)(unembed.weight.bfloat16())
     xn = norm(hidden)
-    fns = {"bare_gemm": lambda: bare_gemm(xn, unembed.weight),
-           "fused_cpu": lambda: ops.lens_stats(hidden, norm, unembed, targets, 5, backend="cpu"),
+    default = _C.isa()
+
+    def at(isa, fn):
+        def call():
+            _C.set_isa(isa)
+            try:
+                return fn()
+            finally:
+                _C.set_isa(default)
+        return call
+
+    fused = lambda: ops.lens_stats(hidden, norm, unembed, targets, 5, backend="cpu")  # noqa: E731
+    fns = {"bare_gemm": lambda: bare_gemm(xn, unembed.weight), "fused_cpu": fused,
            "fused_cpu_bf16": lambda: ops.lens_stats(hidden, norm, unembed_bf16, targets, 5, backend="cpu"),
            "naive_torch": lambda: naive(hidden, norm, unembed, targets)}
+    fns.update({f"fused_cpu@{isa}": at(isa, fused) for isa in isas if isa != default})
     best = {name: float("inf") for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - t0)
-    return {"vocab": vocab, "tokens": tokens, "sites": SITES, "seconds": best,
-            "fused_over_gemm": best["fused_cpu"] / best["bare_gemm"],
+    per_isa = {default: best["fused_cpu"] / best["bare_gemm"]}
+    per_isa.update({name.split("@")[1]: t / best["bare_gemm"] for name, t in best.items() if "@" in name})
+    return {"vocab": vocab, "tokens": tokens, "sites": SITES, "isa": default, "seconds": best,
+            "fused_over_gemm": best["fused_cpu"] / best["bare_gemm"], "fused_over_gemm_by_isa": per_isa,
             "naive_over_fused": best["naive_torch"] / best["fused_cpu"],
             "bf16_over_fp32_fused": best["fused_cpu_bf16"] / best["fused_cpu"], "load_average": os.getloadavg()}
 
@@ -111,16 +127,19 @@ def main():
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "lens_cpu.json"))
     ap.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
                     help="time the variants in one process, in turns (no memory figures)")
+    ap.add_argument("--isas", nargs="*", default=[], help="with --interleaved: also time the fused op with the "
+                    "kernels forced to these ISA levels (generic avx2 avx512 avx512bf16)")
     ap.add_argument("--one", nargs=3, metavar=("VARIANT", "TOKENS", "VOCAB"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_variant(args.one[0], int(args.one[1]), int(args.one[2]), args.repeats)))
         return
     if args.interleaved:
-        rows = [interleaved(args.tokens, vocab, args.interleaved) for vocab in args.vocabs]
+        rows = [interleaved(args.tokens, vocab, args.interleaved, args.isas) for vocab in args.vocabs]
         for row in rows:
             print(row, flush=True)
-        write_result({"machine": machine(), "mode": "interleaved", "rows": rows}, args.out)
+        write_result({"machine": {**machine(), "MKL_ENABLE_INSTRUCTIONS": os.environ.get("MKL_ENABLE_INSTRUCTIONS")},
+                      "mode": "interleaved", "rows": rows}, args.out)
         return
     rows = []
     for vocab in args.vocabs:

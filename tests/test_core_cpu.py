@@ -1,5 +1,8 @@
 """fusedlens.cpu: the ISA level and kernel variants that `fusedlens info` and bench results report."""
 import json
+import os
+import subprocess
+import sys
 
 from fusedlens import cli
 from fusedlens.core.cpu import build_variants, isa_level, machine
@@ -21,8 +24,13 @@ def test_machine_names_this_cpu_and_the_build():
     assert m["isa"] == isa_level(flags)
     variants = build_variants()
     assert variants["extension"] is True
-    # a build can only hold the bf16 dot path together with the AVX-512 epilogue
-    assert not variants["bf16_dot"] or variants["avx512_epilogue"]
+    # the best level the CPU offers runs (unless forced), and it matches the CPU's flags
+    want = {"AVX512-BF16": "avx512bf16", "AVX-512": "avx512", "AVX2": "avx2"}.get(m["isa"], "generic")
+    assert variants["cpu_isa"] == want
+    if not os.environ.get("FUSEDLENS_ISA"):
+        assert variants["isa"] == want
+    assert variants["bf16_dot"] == (variants["isa"] == "avx512bf16")
+    assert variants["avx512_epilogue"] == variants["isa"].startswith("avx512")
     json.dumps(m)  # JSON-able, as bench results store it
 
 
@@ -31,4 +39,17 @@ def test_info_prints_the_machine(real_lm, capsys, monkeypatch):
     assert cli.main(["info"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["machine"]["isa"] in ("AVX512-BF16", "AVX-512", "AVX2", "NEON", "generic")
-    assert set(out["machine"]["kernels"]) == {"extension", "avx512_epilogue", "bf16_dot"}
+    assert set(out["machine"]["kernels"]) >= {"extension", "isa", "cpu_isa", "avx512_epilogue", "bf16_dot"}
+
+
+def test_forced_isa_runs_and_bad_values_are_import_errors():
+    from fusedlens.core.cpu import supported_isas
+
+    for isa in supported_isas():
+        out = subprocess.run([sys.executable, "-c", "from fusedlens.core.backends import _C; print(_C.isa())"],
+                             env={**os.environ, "FUSEDLENS_ISA": isa}, capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.strip() == isa, out.stderr
+    for bad, msg in (("avx9", "expected one of generic"), ("sse", "expected one of")):
+        out = subprocess.run([sys.executable, "-c", "import fusedlens"], env={**os.environ, "FUSEDLENS_ISA": bad},
+                             capture_output=True, text=True)
+        assert out.returncode != 0 and msg in out.stderr

@@ -11,7 +11,7 @@
 
 namespace fusedlens {
 
-// True when this build uses the CPU's bf16 dot-product instructions.
+// True when the active ISA (csrc/core/isa.h) has the CPU's bf16 dot-product instructions.
 bool has_bf16_dot();
 
 // Rows of A as bf16 with an even row length: dst [m, k_pad] (k_pad = k rounded up to
@@ -42,5 +42,9 @@ constexpr int64_t kPackPanel = 32;
 // Columns in [n, n_pad) get zeros (plus their old value with accumulate).
 void gemm_bf16(const bf16* a, int64_t lda, int64_t m, int64_t k, const uint32_t* packed, int64_t n,
                float* c, int64_t ldc, bool accumulate = false);
+
+// The AVX512-BF16 variant (csrc/core/isa/bf16_avx512bf16.cpp); only on CPUs that have it.
+void gemm_bf16_avx512bf16(const bf16* a, int64_t lda, int64_t m, int64_t k, const uint32_t* packed, int64_t n,
+                          float* c, int64_t ldc, bool accumulate);
 
 }  // namespace fusedlens

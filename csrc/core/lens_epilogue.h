@@ -31,7 +31,7 @@ struct RowState {
   float entropy() const;
 };
 
-// Whether this build compiled the AVX-512 epilogue (else the generic loop runs).
+// Whether the AVX-512 epilogue runs (the active ISA, csrc/core/isa.h, has AVX-512).
 bool has_avx512_epilogue();
 
 // exp(x) for x <= 0 (relative error < 2e-7; exp(x < -87) is flushed to 0).
@@ -44,7 +44,7 @@ float exp_nonpos(float x);
 void fold_tile(RowState& st, const RowQuery& q, const float* z, int64_t v0, int64_t width,
                const float* p_final, const float* z_final);
 
-// The vector pieces of every online softmax here (AVX-512 where built for it):
+// The vector pieces of every online softmax here (the active ISA's, csrc/core/isa.h):
 // the largest of z[0, width), and p[i] = exp(z[i] - shift) for z <= shift with Σ p.
 float tile_max(const float* z, int64_t width);
 float exp_shifted(const float* z, float shift, float* p, int64_t width);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../core/bf16_gemm.h"
+#include "isa_guard.h"
 
 using namespace fusedlens;
 
@@ -71,6 +72,7 @@ static int check(int64_t m, int64_t n, int64_t k, Pack how, bool accumulate, std
 }
 
 int main() {
+  if (skip_this_isa()) return 77;
   std::mt19937 rng(std::random_device{}());
   int bad = 0;
   for (int64_t m : {1, 12, 37})

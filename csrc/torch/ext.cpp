@@ -4,6 +4,7 @@
 
 #include "../core/bf16_gemm.h"
 #include "../core/gather_dot.h"
+#include "../core/isa.h"
 #include "../core/lens_epilogue.h"
 
 std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn, const torch::Tensor& w,
@@ -56,8 +57,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gather_dot", &gather_dot, "out[r] = x[r] . w[ids[r]] (+ bias[ids[r]]), NaN where ids[r] < 0",
         py::arg("x"), py::arg("w"), py::arg("ids"), py::arg("bias") = py::none());
   m.def("has_bf16_dot", &fusedlens::has_bf16_dot, "whether the bf16 sweep uses the CPU's bf16 dot instructions");
-  m.def("has_avx512_epilogue", &fusedlens::has_avx512_epilogue,
-        "whether this build compiled the AVX-512 lens epilogue (else the generic loop runs)");
+  m.def("has_avx512_epilogue", &fusedlens::has_avx512_epilogue, "whether the AVX-512 lens epilogue runs");
+  m.def("isa", [] { return std::string(fusedlens::isa_name(fusedlens::active_isa())); },
+        "the ISA level the vector kernels run with: generic, avx2, avx512 or avx512bf16");
+  m.def("cpu_isa", [] { return std::string(fusedlens::isa_name(fusedlens::cpu_isa())); },
+        "the best ISA level this CPU supports");
+  m.def("set_isa", [](const std::string& name) {
+        fusedlens::Isa isa;
+        if (!fusedlens::isa_from_name(name.c_str(), &isa)) return false;
+        return fusedlens::set_isa(isa);
+      }, "run the vector kernels with this ISA level; false if unknown or the CPU lacks it", py::arg("name"));
   m.def("lens_stats", &lens_stats,
         "fused logit-lens statistics of xn [S, T, d] (site S-1 final) against w [V, d]; see ops.lens_stats",
         py::arg("xn"), py::arg("w"), py::arg("bias"), py::arg("softcap"), py::arg("targets"), py::arg("k"),

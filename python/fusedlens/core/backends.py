@@ -16,6 +16,24 @@ except ImportError:  # built without the extension
     _C = None
 
 
+def _check_forced_isa() -> None:
+    """FUSEDLENS_ISA must name a level this CPU has: a typo or a faster level than the CPU offers
+    is a clear error at import, not a silent fallback."""
+    import os
+
+    forced = os.environ.get("FUSEDLENS_ISA", "")
+    if _C is None or not forced:
+        return
+    levels = ("generic", "avx2", "avx512", "avx512bf16")
+    if forced not in levels:
+        raise ImportError(f"FUSEDLENS_ISA={forced!r}: expected one of {', '.join(levels)}")
+    if levels.index(forced) > levels.index(_C.cpu_isa()):
+        raise ImportError(f"FUSEDLENS_ISA={forced}: this CPU supports at most {_C.cpu_isa()}")
+
+
+_check_forced_isa()
+
+
 def bf16_dot_on_cpu() -> bool:
     """Whether the C++ kernels multiply bf16 operands with the CPU's bf16 dot instructions (AVX512-BF16)."""
     return _C is not None and bool(_C.has_bf16_dot())

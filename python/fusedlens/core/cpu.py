@@ -2,7 +2,8 @@
 
 The project's machines come as AVX2 + FMA (Zen 3) and AVX-512 + AVX512-BF16 (Zen 4,
 Sapphire Rapids); numbers and failures differ between them, so `fusedlens info` and
-every bench result carry `machine()`.
+every bench result carry `machine()`. One build holds every kernel variant
+(csrc/core/isa/); the best the CPU supports runs unless FUSEDLENS_ISA forces another.
 """
 from __future__ import annotations
 
@@ -43,15 +44,27 @@ def isa_level(flags: set[str] | None = None) -> str:
     return "generic"
 
 
+ISA_LEVELS = ("generic", "avx2", "avx512", "avx512bf16")  # the kernel variants every build holds
+
+
+def supported_isas() -> list[str]:
+    """The kernel ISA levels this CPU can run (each can be forced with FUSEDLENS_ISA)."""
+    from .backends import _C
+
+    if _C is None:
+        return []
+    return list(ISA_LEVELS[:ISA_LEVELS.index(_C.cpu_isa()) + 1])
+
+
 def build_variants() -> dict:
-    """Which fast paths the C++ extension was compiled with (None: no extension)."""
-    try:
-        from .. import _C
-    except ImportError:
+    """The kernel variants: which ISA level runs (chosen at import, or FUSEDLENS_ISA), the best
+    this CPU offers, and what that means for the lens epilogue and the bf16 GEMM."""
+    from .backends import _C
+
+    if _C is None:
         return {"extension": False}
-    return {"extension": True,
-            "avx512_epilogue": bool(_C.has_avx512_epilogue()),
-            "bf16_dot": bool(_C.has_bf16_dot())}
+    return {"extension": True, "isa": _C.isa(), "cpu_isa": _C.cpu_isa(), "compiled": list(ISA_LEVELS),
+            "avx512_epilogue": bool(_C.has_avx512_epilogue()), "bf16_dot": bool(_C.has_bf16_dot())}
 
 
 def machine() -> dict:

@@ -1,0 +1,89 @@
+// The vector kernels with AVX-512 (16 lanes, masked tails), whatever the build's -march.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma,avx2")
+#elif defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma,avx2"))), apply_to = function)
+#endif
+#if defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wuninitialized"  // false positives inside GCC 12's AVX-512 headers
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <limits>
+
+#include "../isa.h"
+#include "exp_poly.h"
+
+namespace fusedlens {
+namespace {
+
+inline __m512 exp_nonpos16(__m512 x) {
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.f), _CMP_LT_OQ);
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(kExpCoef[0]);
+  for (int i = 1; i < 8; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpCoef[i]));
+  return _mm512_maskz_scalef_ps(static_cast<__mmask16>(~tiny), p, n);
+}
+
+inline __mmask16 lanes(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+}
+
+float tile_max(const float* z, int64_t width) {
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 mx = ninf;
+  for (int64_t i = 0; i < width; i += 16) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(ninf, lanes(width - i), z + i));
+  return _mm512_reduce_max_ps(mx);
+}
+
+float exp_shifted(const float* z, float shift, float* p, int64_t width) {
+  __m512 total = _mm512_setzero_ps();
+  const __m512 l = _mm512_set1_ps(shift);
+  for (int64_t i = 0; i < width; i += 16) {
+    const __mmask16 k = lanes(width - i);
+    const __m512 e = exp_nonpos16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, z + i), l));
+    _mm512_mask_storeu_ps(p + i, k, e);
+    total = _mm512_mask_add_ps(total, k, total, e);
+  }
+  return _mm512_reduce_add_ps(total);
+}
+
+void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const float* p_final, const float* z_final,
+               float* s_out, float* u_out, float* kl_out, int64_t* above_t, int64_t* above_f) {
+  __m512 s = _mm512_setzero_ps(), u = s, kl = s;
+  const __m512 mv = _mm512_set1_ps(m), tv = _mm512_set1_ps(zt), fv = _mm512_set1_ps(zf);
+  int64_t ct = 0, cf = 0;
+  for (int64_t i = 0; i < width; i += 16) {
+    const __mmask16 k = lanes(width - i);
+    const __m512 zi = _mm512_maskz_loadu_ps(k, z + i);
+    const __m512 d = _mm512_sub_ps(zi, mv);
+    const __m512 e = exp_nonpos16(d);
+    s = _mm512_mask_add_ps(s, k, s, e);
+    u = _mm512_mask3_fmadd_ps(e, d, u, k);
+    if (p_final) {
+      const __m512 gap = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, z_final + i), zi);
+      kl = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, p_final + i), gap, kl);
+    }
+    ct += __builtin_popcount(_mm512_mask_cmp_ps_mask(k, zi, tv, _CMP_GT_OQ));
+    cf += __builtin_popcount(_mm512_mask_cmp_ps_mask(k, zi, fv, _CMP_GT_OQ));
+  }
+  *s_out = _mm512_reduce_add_ps(s), *u_out = _mm512_reduce_add_ps(u), *kl_out = _mm512_reduce_add_ps(kl);
+  *above_t = ct, *above_f = cf;
+}
+
+}  // namespace
+
+const VecKernels& vec_kernels_avx512() {
+  static const VecKernels k{tile_max, exp_shifted, tile_sums};
+  return k;
+}
+
+}  // namespace fusedlens
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif

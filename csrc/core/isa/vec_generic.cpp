@@ -1,0 +1,51 @@
+// The vector kernels for any CPU, compiled for the baseline ISA (the compiler vectorises
+// the `omp simd` loops as far as that allows).
+#include <limits>
+
+#include "../isa.h"
+#include "exp_poly.h"
+
+namespace fusedlens {
+namespace {
+
+float tile_max(const float* z, int64_t width) {
+  float mx = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int64_t i = 0; i < width; ++i) mx = z[i] > mx ? z[i] : mx;
+  return mx;
+}
+
+float exp_shifted(const float* z, float shift, float* p, int64_t width) {
+  float total = 0.f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t i = 0; i < width; ++i) {
+    p[i] = exp_nonpos_scalar(z[i] - shift);
+    total += p[i];
+  }
+  return total;
+}
+
+void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const float* p_final, const float* z_final,
+               float* s_out, float* u_out, float* kl_out, int64_t* above_t, int64_t* above_f) {
+  float s = 0.f, u = 0.f, kl = 0.f;
+  int64_t ct = 0, cf = 0;
+  for (int64_t i = 0; i < width; ++i) {
+    const float d = z[i] - m;
+    const float e = exp_nonpos_scalar(d);
+    s += e;
+    u += e * d;
+    if (p_final) kl += p_final[i] * (z_final[i] - z[i]);
+    ct += z[i] > zt;
+    cf += z[i] > zf;
+  }
+  *s_out = s, *u_out = u, *kl_out = kl, *above_t = ct, *above_f = cf;
+}
+
+}  // namespace
+
+const VecKernels& vec_kernels_generic() {
+  static const VecKernels k{tile_max, exp_shifted, tile_sums};
+  return k;
+}
+
+}  // namespace fusedlens
