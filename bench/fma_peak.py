@@ -1,0 +1,100 @@
+"""The machine's measured FMA peak (fp32), and what share of it the bare GEMM and the fused lens reach.
+
+A register-only loop of independent fused multiply-adds (12 accumulators, the widest vectors
+the CPU has: AVX-512 or AVX2), on every core, gives the peak in GFLOP/s; the lens figures of
+bench/results/lens_cpu_isa*.json (same machine) are then expressed as a share of it.
+
+python bench/fma_peak.py [--seconds 2]   -> bench/results/fma_peak.json
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+from torch.utils.cpp_extension import load_inline
+
+sys.path.insert(0, os.path.dirname(__file__))
+from measure import write_result  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = r"""
+#include <immintrin.h>
+#include <omp.h>
+#include <cstdint>
+
+#define FMA12(F) a0 = F(a0, x, y); a1 = F(a1, x, y); a2 = F(a2, x, y); a3 = F(a3, x, y); a4 = F(a4, x, y); \
+  a5 = F(a5, x, y); a6 = F(a6, x, y); a7 = F(a7, x, y); a8 = F(a8, x, y); a9 = F(a9, x, y); a10 = F(a10, x, y); \
+  a11 = F(a11, x, y);
+__attribute__((target("avx512f"))) static double run512(int64_t iters) {
+  const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
+  __m512 a0 = x, a1 = x, a2 = x, a3 = x, a4 = x, a5 = x, a6 = x, a7 = x, a8 = x, a9 = x, a10 = x, a11 = x;
+  for (int64_t n = 0; n < iters; ++n) { FMA12(_mm512_fmadd_ps) }
+  __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+             _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)),
+                           _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11))));
+  return _mm512_reduce_add_ps(s);
+}
+__attribute__((target("avx2,fma"))) static double run256(int64_t iters) {
+  const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
+  __m256 a0 = x, a1 = x, a2 = x, a3 = x, a4 = x, a5 = x, a6 = x, a7 = x, a8 = x, a9 = x, a10 = x, a11 = x;
+  for (int64_t n = 0; n < iters; ++n) { FMA12(_mm256_fmadd_ps) }
+  __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+             _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)),
+                           _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11))));
+  float out[8], t = 0;
+  _mm256_storeu_ps(out, s);
+  for (float v : out) t += v;
+  return t;
+}
+// flops of `iters` rounds on every thread (2 per FMA lane); the checksum keeps the loop alive
+std::vector<double> fma_flops(int64_t iters, bool avx512) {
+  double check = 0; int threads = 1;
+  #pragma omp parallel reduction(+ : check)
+  {
+    #pragma omp single
+    threads = omp_get_num_threads();
+    check += avx512 ? run512(iters) : run256(iters);
+  }
+  return {double(threads) * iters * 12 * (avx512 ? 16 : 8) * 2, check};
+}
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--iters", type=int, default=200_000_000)
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "fma_peak.json"))
+    args = ap.parse_args()
+    mod = load_inline("fma_peak", cpp_sources=SOURCE, functions=["fma_flops"], extra_cflags=["-O2", "-fopenmp"],
+                      extra_ldflags=["-fopenmp"], verbose=False)
+    from fusedlens.core.cpu import machine
+
+    isa = machine()["isa"]
+    rows = {}
+    for name, wide in (("avx512", True), ("avx2", False)):
+        if wide and not isa.startswith("AVX512") and isa != "AVX-512":
+            continue
+        mod.fma_flops(args.iters // 100, wide)  # warm up (clocks settle)
+        t0 = time.perf_counter()
+        flops, _ = mod.fma_flops(args.iters, wide)
+        rows[name] = flops / (time.perf_counter() - t0) / 1e9
+        print(f"{name}: measured FMA peak {rows[name]:.1f} GFLOP/s on {torch.get_num_threads()} threads", flush=True)
+    shares = {}
+    for path in ("lens_cpu_isa.json", "lens_cpu_isa_mkl_avx2.json"):
+        full = os.path.join(HERE, "results", path)
+        if not os.path.exists(full):
+            continue
+        res = json.load(open(full))
+        peak = rows["avx2" if res["machine"].get("MKL_ENABLE_INSTRUCTIONS") == "AVX2" else max(rows, key=rows.get)]
+        for row in res["rows"]:
+            flops = 2 * row["sites"] * row["tokens"] * 576 * row["vocab"]
+            shares[path] = {name: round(flops / t / 1e9 / peak, 3) for name, t in row["seconds"].items()
+                            if name != "naive_torch"}
+            print(path, "share of the measured peak:", shares[path], flush=True)
+    write_result({"gflops_peak": rows, "share_of_peak": shares}, args.out)
+
+
+if __name__ == "__main__":
+    main()
