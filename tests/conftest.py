@@ -1,9 +1,12 @@
 """Shared fixtures. Triton kernels run on CPU tensors only in interpreter mode, which
-must be switched on before triton is first imported."""
+must be switched on before triton is first imported; the Hugging Face hub is off (everything
+here is local), before huggingface_hub reads its settings at import."""
 import os
 
-import pytest
-import torch
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 TEXT_CHARS = 6000
 

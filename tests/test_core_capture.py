@@ -1,8 +1,11 @@
 """Residual capture: the right sites, only real positions, and padding-independent rows."""
+import dataclasses
+
 import pytest
 import torch
 
 from fusedlens import LensModel, ResidualCapture
+from fusedlens.core.capture import residuals_from_tensors
 from fusedlens.core.checks import IGNORE_INDEX
 from tiny_models import ARCHS, VOCAB, random_batch, tiny_model
 
@@ -184,3 +187,72 @@ def test_out_of_range_layers_are_errors_not_wrapped(spec):
     with pytest.raises(ValueError, match=r"layers: .*\[-4, 4\)"):
         parse_layers(spec, 4)
     assert parse_layers("-4", 4) == [0] and parse_layers("-2--1", 4) == [2, 3]
+
+
+# --- models that are not HF modules, and tensors another tool saved --------------------------
+
+def hook_point_lm(lm: LensModel, extra: dict | None = None) -> LensModel:
+    """The tiny llama described the way a non-HF model is: hook points (the embedding and the blocks,
+    whose outputs are the embed and resid sites) and a forward of its own."""
+    points = {"embed": lm.embed, **{f"resid.{i}": block for i, block in enumerate(lm.layers)}, **(extra or {})}
+    return dataclasses.replace(lm, hook_points=points,
+                               run_forward=lambda ids, mask, _pos: lm.model(input_ids=ids, attention_mask=mask))
+
+
+@torch.no_grad()
+def test_hook_points_capture_what_the_hf_hooks_do():
+    lm = LensModel.from_hf(tiny_model("llama"))
+    ids = random_batch(2, 7)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    want = ResidualCapture(lm, layers=[0, 1]).run(ids, mask)
+    calls = []
+    handle = lm.layers[2].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        got = ResidualCapture(hook_point_lm(lm), layers=[0, 1]).run(ids, mask)
+    finally:
+        handle.remove()
+    assert got.sites == want.sites and not calls  # the forward stopped after resid.1 here too
+    assert torch.equal(got.hidden, want.hidden) and torch.equal(got.targets, want.targets)
+
+
+def test_missing_and_unreached_hook_points():
+    lm = LensModel.from_hf(tiny_model("llama"))
+    with pytest.raises(ValueError, match=r"no hook point for site\(s\) mid.0, mid.1, mid.2 \(no mid-layer residual"):
+        ResidualCapture(hook_point_lm(lm), mid=True).run(random_batch(1, 4))
+    unused = torch.nn.Identity()
+    with pytest.raises(RuntimeError, match="never reached site.s. mid.0"):
+        ResidualCapture(hook_point_lm(lm, {"mid.0": unused}), mid=True, layers=[0]).run(random_batch(1, 4))
+
+
+@torch.no_grad()
+def test_residuals_from_tensors_equal_capture(arch_lm):
+    arch, lm = arch_lm
+    ids = random_batch(3, 8)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    hs = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    L = lm.n_layers  # hidden_states[L] is post-norm: compare the sites before it
+    sites = ["embed"] + [f"resid.{i}" for i in range(L - 1)]
+    got = residuals_from_tensors(sites, hs[:L], ids, mask, vocab_size=lm.vocab_size)
+    want = ResidualCapture(lm, layers=list(range(L - 1))).run(ids, mask)
+    assert got.sites == want.sites
+    torch.testing.assert_close(got.hidden, want.hidden, atol=ATOL, rtol=RTOL)
+    for name in ("input_ids", "targets", "batch_index", "position"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    as_tuples = residuals_from_tensors(sites, [(h[:1], None) for h in hs[:L]], ids[:1], None)  # HF blocks' tuples
+    torch.testing.assert_close(as_tuples.hidden, torch.stack([h[0] for h in hs[:L]]))
+
+
+@pytest.mark.parametrize("sites, tensors, match", [
+    (["resid.0"], [], "one tensor per site"),
+    ([], [], "one tensor per site"),
+    (["resid.0"], [torch.randn(2, 6, 8)], r"resid.0: shape \(2, 6, 8\) does not match input_ids \(2, 5\)"),
+    (["a", "b"], [torch.randn(2, 5, 8), torch.randn(2, 5, 4)], "b: last dimension 4 does not match a's d_model"),
+    (["resid.0"], [torch.randint(0, 3, (2, 5, 8))], "floating-point"),
+])
+def test_residuals_from_tensors_bad_input(sites, tensors, match):
+    with pytest.raises(ValueError, match=match):
+        residuals_from_tensors(sites, tensors, random_batch(2, 5))
+    with pytest.raises(ValueError, match="outside"):
+        residuals_from_tensors(["r"], [torch.randn(1, 2, 4)], torch.tensor([[1, VOCAB]]), vocab_size=VOCAB)

@@ -2,8 +2,9 @@
 
 The tree: `core` (checks, backends, model adapter, capture), `data` (corpora, token windows),
 `ops` (tensor-level ops and the float64 reference), `lens`, `tuned`, `probe` (the analyses),
-`report` (tables, pictures), `run` (the corpus job), `cli` (commands); kernels live in
-`fusedlens.kernels` (Triton) and `fusedlens._C` (C++). See docs/design.md.
+`report` (tables, pictures), `adapters` (TransformerLens models, nnsight traces), `run` (the corpus
+job), `cli` (commands); kernels live in `fusedlens.kernels` (Triton) and `fusedlens._C` (C++).
+See docs/design.md.
 """
 import importlib as _importlib
 import sys as _sys

@@ -4,7 +4,9 @@ Sites, in stream order: `embed` (the input of the first block, i.e. the embeddin
 output after any scaling the model applies), `mid.i` (the residual between block
 i's attention and its MLP, where the block has one) and `resid.i` (block i's
 output). Only positions where the attention mask is 1 are handed out, flattened
-to rows, so padding never reaches a statistic.
+to rows, so padding never reaches a statistic. A LensModel of another tool's model
+(`hook_points`, `run_forward`: TransformerLens) is hooked at its own hook points;
+`residuals_from_tensors` turns tensors another tool saved into the same `Residuals`.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .checks import IGNORE_INDEX, check_ids
+from .checks import IGNORE_INDEX, check_ids, check_same_width, check_tensor
 from .models import LensModel
 
 # Norms that take the mid-layer residual as input (the MLP's pre-norm), in
@@ -37,17 +39,21 @@ def _first_tensor(x):
     raise TypeError(f"cannot find the hidden state in a {type(x).__name__}")
 
 
-def mid_norm(block: nn.Module) -> nn.Module:
+def mid_norm_name(block: nn.Module) -> str:
+    """The attribute of an HF decoder block whose input is the mid-layer residual (its pre-MLP norm)."""
     if getattr(getattr(block, "config", None), "use_parallel_residual", False) or getattr(block, "use_parallel_residual", False):
         raise ValueError(f"{type(block).__name__} runs attention and MLP in parallel: there is no mid-layer residual")
     # Post-LN blocks (OPT-350m) normalise after the sum: their final_layer_norm's input is not the mid residual.
     if getattr(block, "do_layer_norm_before", True) is False:
         raise ValueError(f"{type(block).__name__} is post-LN (do_layer_norm_before=False): no pre-MLP norm to hook")
     for name in MID_NORMS:
-        m = getattr(block, name, None)
-        if isinstance(m, nn.Module):
-            return m
+        if isinstance(getattr(block, name, None), nn.Module):
+            return name
     raise ValueError(f"{type(block).__name__}: no mid-layer site (looked for {', '.join(MID_NORMS)})")
+
+
+def mid_norm(block: nn.Module) -> nn.Module:
+    return getattr(block, mid_norm_name(block))
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -161,7 +167,28 @@ class ResidualCapture:
         if self.keep:
             self.store[site] = rows
 
+    def _stop_after(self, site: str) -> None:
+        if site == f"resid.{self.layers[-1]}" and not self.full_forward:
+            raise _StopForward
+
+    def _enter_hook_points(self):
+        """Another tool's hook points (LensModel.hook_points): each module's output is its site's residual."""
+        points = self.lm.hook_points
+        missing = [s for s in self.sites if s not in points]
+        if missing:
+            raise ValueError(f"{type(self.lm.model).__name__} has no hook point for site(s) {', '.join(missing)}"
+                             + (" (no mid-layer residual: attention and MLP in parallel, or no MLP)"
+                                if any(s.startswith("mid.") for s in missing) else ""))
+        for site in self.sites:
+            def hook(_m, _args, out, site=site):
+                self._emit(site, _first_tensor(out))
+                self._stop_after(site)
+            self._handles.append(points[site].register_forward_hook(hook))
+        return self
+
     def __enter__(self):
+        if self.lm.hook_points is not None:
+            return self._enter_hook_points()
         blocks = self.lm.layers
         if self.embed:
             def embed_hook(_m, args, kwargs):
@@ -175,8 +202,7 @@ class ResidualCapture:
 
             def out_hook(_m, _args, out, i=i):
                 self._emit(f"resid.{i}", _first_tensor(out))
-                if i == self.layers[-1] and not self.full_forward:
-                    raise _StopForward
+                self._stop_after(f"resid.{i}")
             self._handles.append(blocks[i].register_forward_hook(out_hook))
         return self
 
@@ -189,42 +215,85 @@ class ResidualCapture:
     @torch.no_grad()
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Residuals:
         """Forward one batch [batch, seq] and return its captured residuals."""
-        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
-            input_ids = input_ids[None]
-            if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 1:
-                attention_mask = attention_mask[None]
-        input_ids = check_ids("input_ids", input_ids, self.lm.vocab_size, allow_ignore=False)
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids: expected [batch, seq], got shape {tuple(input_ids.shape)}")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if not isinstance(attention_mask, torch.Tensor):
-            raise ValueError(f"attention_mask: expected a torch.Tensor, got {type(attention_mask).__name__}")
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask: shape {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}")
-        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError("attention_mask: expected only 0 (padding) and 1 (real token)")
-        mask = attention_mask.bool()
-        if not bool(mask.any()):
-            raise ValueError("attention_mask: no real token in the batch")
+        input_ids, mask = check_batch(input_ids, attention_mask, self.lm.vocab_size)
         device = self.lm.device
-        kwargs = dict(input_ids=input_ids.to(device), attention_mask=mask.long().to(device), use_cache=False)
         # With left padding, models with absolute positions (GPT-2) would count the pads; give each
         # sequence its own positions so a padded row equals the same sequence run alone.
         positions = positions_from_mask(mask)
         shifted = bool((positions != torch.arange(mask.shape[1], device=mask.device))[mask].any())
-        if shifted and _accepts_position_ids(self.lm.model):
-            kwargs["position_ids"] = positions.to(device)
         self._mask, self.store = mask.to(device), {}
         try:
             with self:
-                self.lm.model(**kwargs)
+                if self.lm.run_forward is not None:
+                    self.lm.run_forward(input_ids.to(device), mask.long().to(device),
+                                        positions.to(device) if shifted else None)
+                else:
+                    kwargs = dict(input_ids=input_ids.to(device), attention_mask=mask.long().to(device),
+                                  use_cache=False)
+                    if shifted and _accepts_position_ids(self.lm.model):
+                        kwargs["position_ids"] = positions.to(device)
+                    self.lm.model(**kwargs)
         finally:
             self._mask = None
-        batch_index, position = mask.nonzero(as_tuple=True)
+        if self.keep and self.store.keys() != set(self.sites):
+            missing = ", ".join(s for s in self.sites if s not in self.store)
+            raise RuntimeError(f"the forward never reached site(s) {missing}")
         hidden = torch.stack([self.store[s] for s in self.sites]) if self.keep else torch.empty(0)
-        return Residuals(sites=list(self.sites), hidden=hidden, input_ids=input_ids[mask],
-                         targets=next_token_targets(input_ids, mask)[mask], batch_index=batch_index, position=position)
+        return _residuals(list(self.sites), hidden, input_ids, mask)
+
+
+def check_batch(input_ids, attention_mask, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids [batch, seq] (or [seq]) and a 0/1 attention mask (None: all real) → ids, boolean mask."""
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
+        input_ids = input_ids[None]
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 1:
+            attention_mask = attention_mask[None]
+    input_ids = check_ids("input_ids", input_ids, vocab_size, allow_ignore=False)
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids: expected [batch, seq], got shape {tuple(input_ids.shape)}")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if not isinstance(attention_mask, torch.Tensor):
+        raise ValueError(f"attention_mask: expected a torch.Tensor, got {type(attention_mask).__name__}")
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask: shape {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}")
+    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError("attention_mask: expected only 0 (padding) and 1 (real token)")
+    mask = attention_mask.bool()
+    if not bool(mask.any()):
+        raise ValueError("attention_mask: no real token in the batch")
+    return input_ids, mask
+
+
+def _residuals(sites: list[str], hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> Residuals:
+    mask = mask.to(input_ids.device)
+    batch_index, position = mask.nonzero(as_tuple=True)
+    return Residuals(sites=sites, hidden=hidden, input_ids=input_ids[mask],
+                     targets=next_token_targets(input_ids, mask)[mask], batch_index=batch_index, position=position)
+
+
+def residuals_from_tensors(sites: Sequence[str], tensors: Sequence, input_ids: torch.Tensor,
+                           attention_mask: torch.Tensor | None = None, vocab_size: int | None = None) -> Residuals:
+    """Residuals another tool saved (a TransformerLens cache, nnsight `.save()`s) as capture's `Residuals`.
+
+    tensors: one [batch, seq, d_model] per site ([batch * seq, d_model] too), in stream order, the
+    final block's output last (a tuple or list whose first element is the hidden state, as HF
+    blocks return, is accepted); input_ids / attention_mask: the batch they were computed on (ids checked
+    against vocab_size where given). Only the real positions are kept (detached), rows in
+    batch-major order, with next-token targets.
+    """
+    sites, tensors = list(sites), [_first_tensor(t) if isinstance(t, (tuple, list)) else t for t in tensors]
+    if not sites or len(sites) != len(tensors):
+        raise ValueError(f"sites, tensors: expected one tensor per site, got {len(sites)} sites and "
+                         f"{len(tensors)} tensors")
+    input_ids, mask = check_batch(input_ids, attention_mask, vocab_size or torch.iinfo(torch.int64).max)
+    for site, t in zip(sites, tensors):
+        check_tensor(site, t, ndim=(2, 3), floating=True, finite=False)
+        if t.shape[:-1].numel() != mask.numel():  # [batch, seq, d]; [batch * seq, d] as OPT's MLP norm sees it
+            raise ValueError(f"{site}: shape {tuple(t.shape)} does not match input_ids {tuple(mask.shape)} (+ d_model)")
+        check_same_width(site, t, tensors[0].shape[-1], f"{sites[0]}'s d_model")
+    rows = [t.detach().reshape(*mask.shape, t.shape[-1])[mask.to(t.device)] for t in tensors]
+    return _residuals(sites, torch.stack(rows), input_ids, mask)
 
 
 def capture_residuals(lm: LensModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

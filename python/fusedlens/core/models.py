@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -94,10 +95,13 @@ def _find_final_norm(model: nn.Module, layers_path: str) -> tuple[str, nn.Module
                        "name it with final_norm='dotted.path'")
 
 
-def final_norm_from_module(module: nn.Module, width: int) -> FinalNorm:
-    """Express a norm module as a FinalNorm, checking the formula numerically on random input."""
-    weight = getattr(module, "weight", None)
-    bias = getattr(module, "bias", None)
+def final_norm_from_module(module: nn.Module, width: int, *, weight_attr: str = "weight",
+                           bias_attr: str = "bias") -> FinalNorm:
+    """Express a norm module as a FinalNorm, checking the formula numerically on random input.
+
+    weight_attr / bias_attr name its affine parameters (TransformerLens calls them `w`, `b`)."""
+    weight = getattr(module, weight_attr, None)
+    bias = getattr(module, bias_attr, None)
     eps = next((float(getattr(module, a)) for a in EPS_ATTRS if isinstance(getattr(module, a, None), (int, float))), None)
     if eps is None:
         raise AdapterError(f"final norm {type(module).__name__}: no epsilon attribute ({', '.join(EPS_ATTRS)})")
@@ -124,11 +128,18 @@ def final_norm_from_module(module: nn.Module, width: int) -> FinalNorm:
 
 @dataclass
 class LensModel:
-    """An HF causal LM with the parts a lens needs exposed.
+    """An HF causal LM (or another tool's model: `from_transformer_lens`) with the parts a lens needs exposed.
 
     `layers` are the decoder blocks whose outputs form the residual stream; the last
     block's output is the *pre-norm* final residual, and `decode` maps any residual
     to logits exactly as the model does (final norm, unembedding, soft-cap).
+
+    Models that are not HF modules say how to capture and run them: `hook_points`
+    maps site names ("embed", "mid.i", "resid.i") to modules whose forward output is
+    that residual (capture hooks those instead of the HF decoder layers), and
+    `run_forward(input_ids, attention_mask, position_ids or None)` runs the model.
+    `logits_centered`: the unembedding was centred over the vocabulary (TransformerLens'
+    center_unembed), so every logit is the source model's minus its row's mean.
     """
 
     model: nn.Module
@@ -139,6 +150,9 @@ class LensModel:
     embed: nn.Module | None
     tokenizer: object = None
     paths: dict | None = None
+    hook_points: dict[str, nn.Module] | None = None
+    run_forward: Callable | None = None
+    logits_centered: bool = False
 
     @classmethod
     def from_hf(cls, model: nn.Module, tokenizer=None, *, layers: str | None = None,
@@ -170,6 +184,13 @@ class LensModel:
                    unembed=Unembed(weight, bias, softcap), embed=_hf_accessor(model, "get_input_embeddings"), tokenizer=tokenizer,
                    paths={"layers": layers_path, "final_norm": norm_path, "unembed": unembed or "get_output_embeddings()"})
 
+    @classmethod
+    def from_transformer_lens(cls, model: nn.Module, tokenizer=None) -> "LensModel":
+        """A TransformerLens HookedTransformer or TransformerBridge; see `fusedlens.adapters.transformer_lens`."""
+        from ..adapters.transformer_lens import lens_model  # the one lazy entry point into adapters/
+
+        return lens_model(model, tokenizer)
+
     @property
     def n_layers(self) -> int:
         return len(self.layers)
@@ -189,7 +210,8 @@ class LensModel:
     @property
     def context_length(self) -> int | None:
         """The longest sequence the model's position scheme covers, where its config says (else None)."""
-        config = _text_config(self.model.config)
+        config = getattr(self.model, "config", None) or getattr(self.model, "cfg", None)  # HF, TransformerLens
+        config = _text_config(config)
         for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
             value = getattr(config, name, None)
             if isinstance(value, int) and value > 0:
@@ -217,7 +239,8 @@ class LensModel:
                           + (" with bias" if self.norm.bias is not None else "") + f", eps={self.norm.eps:g}",
             "unembed": ("tied" if isinstance(getattr(self.embed, "weight", None), torch.Tensor)
                         and self.unembed.weight.data_ptr() == self.embed.weight.data_ptr() else "untied")
-                       + (", with bias" if self.unembed.bias is not None else ""),
+                       + (", with bias" if self.unembed.bias is not None else "")
+                       + (", centred (logits minus their row mean)" if self.logits_centered else ""),
             "softcap": self.unembed.softcap,
             **{f"path.{k}": v for k, v in (self.paths or {}).items()},
         }
