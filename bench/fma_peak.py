@@ -29,7 +29,10 @@ SOURCE = r"""
   a11 = F(a11, x, y);
 __attribute__((target("avx512f"))) static double run512(int64_t iters) {
   const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
-  __m512 a0 = x, a1 = x, a2 = x, a3 = x, a4 = x, a5 = x, a6 = x, a7 = x, a8 = x, a9 = x, a10 = x, a11 = x;
+  // distinct starting values: twelve identical chains would be folded into one by the compiler
+  __m512 a0 = _mm512_set1_ps(1.f), a1 = _mm512_set1_ps(2.f), a2 = _mm512_set1_ps(3.f), a3 = _mm512_set1_ps(4.f),
+         a4 = _mm512_set1_ps(5.f), a5 = _mm512_set1_ps(6.f), a6 = _mm512_set1_ps(7.f), a7 = _mm512_set1_ps(8.f),
+         a8 = _mm512_set1_ps(9.f), a9 = _mm512_set1_ps(10.f), a10 = _mm512_set1_ps(11.f), a11 = _mm512_set1_ps(12.f);
   for (int64_t n = 0; n < iters; ++n) { FMA12(_mm512_fmadd_ps) }
   __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
              _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)),
@@ -38,7 +41,9 @@ __attribute__((target("avx512f"))) static double run512(int64_t iters) {
 }
 __attribute__((target("avx2,fma"))) static double run256(int64_t iters) {
   const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
-  __m256 a0 = x, a1 = x, a2 = x, a3 = x, a4 = x, a5 = x, a6 = x, a7 = x, a8 = x, a9 = x, a10 = x, a11 = x;
+  __m256 a0 = _mm256_set1_ps(1.f), a1 = _mm256_set1_ps(2.f), a2 = _mm256_set1_ps(3.f), a3 = _mm256_set1_ps(4.f),
+         a4 = _mm256_set1_ps(5.f), a5 = _mm256_set1_ps(6.f), a6 = _mm256_set1_ps(7.f), a7 = _mm256_set1_ps(8.f),
+         a8 = _mm256_set1_ps(9.f), a9 = _mm256_set1_ps(10.f), a10 = _mm256_set1_ps(11.f), a11 = _mm256_set1_ps(12.f);
   for (int64_t n = 0; n < iters; ++n) { FMA12(_mm256_fmadd_ps) }
   __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
              _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)),
