@@ -134,7 +134,7 @@ LIBRARY_LEVELS = {"generic": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAP
                   "avx512bf16": {"MKL_ENABLE_INSTRUCTIONS": "AVX512", "ATEN_CPU_CAPABILITY": "avx512"}}
 
 
-def per_isa(tokens, vocab, rounds, out):
+def per_isa(tokens, vocab, rounds, out, threads=0):
     """Fused vs the bare GEMM at every ISA level this CPU supports, each level in its own process
     with the libraries held to it; each figure also as a share of the measured FMA peak
     (bench/fma_peak.py) of the vector width that level uses."""
@@ -143,17 +143,21 @@ def per_isa(tokens, vocab, rounds, out):
     from fusedlens.core.cpu import supported_isas
 
     peaks_path = os.path.join(os.path.dirname(out), "fma_peak.json")
-    peaks = json.load(open(peaks_path))["gflops_peak"] if os.path.exists(peaks_path) else {}
+    peak_file = json.load(open(peaks_path)) if os.path.exists(peaks_path) else {"gflops_peak": {}, "machine": {}}
+    peaks, peak_threads = peak_file["gflops_peak"], peak_file["machine"].get("torch_threads", 1)
     rows = []
     for isa in supported_isas():
         with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
             env = {**os.environ, "FUSEDLENS_ISA": isa, **LIBRARY_LEVELS[isa]}
             subprocess.run([sys.executable, __file__, "--interleaved", str(rounds), "--tokens", str(tokens),
-                            "--vocabs", str(vocab), "--variants", "bare_gemm", "fused_cpu", "--out", tmp.name],
+                            "--vocabs", str(vocab), "--variants", "bare_gemm", "fused_cpu", "--out", tmp.name,
+                            "--threads", str(threads)],
                            env=env, check=True, capture_output=True)
             row = json.load(open(tmp.name))["rows"][0]
         peak = peaks.get("avx512" if isa.startswith("avx512") else "avx2" if isa == "avx2" else "", None)
-        row.update(library_env=LIBRARY_LEVELS[isa], fma_peak_gflops=peak,
+        if peak:  # the peak of the threads this run used (the peak file measured all of them)
+            peak *= (threads or torch.get_num_threads()) / peak_threads
+        row.update(library_env=LIBRARY_LEVELS[isa], threads=threads or torch.get_num_threads(), fma_peak_gflops=peak,
                    share_of_peak={k: v / peak for k, v in row["gflops"].items()} if peak else None)
         print(isa, {k: row[k] for k in ("seconds", "fused_over_gemm", "share_of_peak")}, flush=True)
         rows.append(row)
@@ -170,17 +174,20 @@ def main():
                     help="time the variants in one process, in turns (no memory figures)")
     ap.add_argument("--isas", nargs="*", default=[], help="with --interleaved: also time the fused op with the "
                     "kernels forced to these ISA levels (generic avx2 avx512 avx512bf16)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help="with --interleaved: which to time")
     ap.add_argument("--per-isa", type=int, default=0, metavar="ROUNDS", help="fused vs bare GEMM at every ISA "
                     "level of this CPU, each in its own process with MKL and ATen held to that level")
     ap.add_argument("--one", nargs=3, metavar=("VARIANT", "TOKENS", "VOCAB"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.one:
         print(json.dumps(run_variant(args.one[0], int(args.one[1]), int(args.one[2]), args.repeats)))
         return
     if args.per_isa:
         out = args.out if args.out != ap.get_default("out") else args.out.replace("lens_cpu.json", "lens_cpu_per_isa.json")
-        per_isa(args.tokens, args.vocabs[0], args.per_isa, out)
+        per_isa(args.tokens, args.vocabs[0], args.per_isa, out, args.threads)
         return
     if args.interleaved:
         rows = [interleaved(args.tokens, vocab, args.interleaved, args.isas, args.variants) for vocab in args.vocabs]

@@ -36,7 +36,7 @@ void kernel_6x16(const float* pa, const float* pb, int64_t kc, float* c, int64_t
 
 }  // namespace
 
-const F32Gemm& f32_gemm_avx2() { return f32_table<kMr, kNr, kernel_6x16>(); }
+const F32Gemm& f32_gemm_avx2() { return f32_table<kMr, kNr, 288, kernel_6x16>(); }
 
 }  // namespace fusedlens
 #include "target_end.h"

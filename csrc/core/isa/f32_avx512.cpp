@@ -34,7 +34,7 @@ void kernel_12x32(const float* pa, const float* pb, int64_t kc, float* c, int64_
 
 }  // namespace
 
-const F32Gemm& f32_gemm_avx512() { return f32_table<kMr, kNr, kernel_12x32>(); }
+const F32Gemm& f32_gemm_avx512() { return f32_table<kMr, kNr, 576, kernel_12x32>(); }
 
 }  // namespace fusedlens
 #include "target_end.h"
