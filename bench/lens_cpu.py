@@ -3,6 +3,10 @@
 python bench/lens_cpu.py [--tokens 2048] [--vocabs 49152 128256] [--out bench/results/lens_cpu.json]
 Writes times, ratios and peak RSS (the op's growth over its inputs: Linux's VmHWM,
 reset after the inputs are built) per variant.
+
+python bench/lens_cpu.py --per-isa 3 --tokens 1024 --vocabs 49152
+  -> bench/results/lens_cpu_per_isa.json: fused vs the bare GEMM at every ISA level of this CPU,
+     each level in its own process with MKL and ATen held to that level.
 """
 import argparse
 import json
@@ -79,7 +83,7 @@ def machine():
     return {"load_average": os.getloadavg()}  # write_result adds the CPU, its ISA and the kernel variants
 
 
-def interleaved(tokens, vocab, rounds, isas=()):
+def interleaved(tokens, vocab, rounds, isas=(), variants=VARIANTS):
     """Timing only: all variants in one process, on the same inputs, in turns (shared-machine noise
     hits them alike); the best of `rounds` per variant. `isas`: also the fused op with the kernels
     forced to each of these ISA levels (fused_cpu@avx2, ...)."""
@@ -97,13 +101,14 @@ def interleaved(tokens, vocab, rounds, isas=()):
             try:
                 return fn()
             finally:
-                _C.set_isa(default)
+                _C.reset_isa()
         return call
 
     fused = lambda: ops.lens_stats(hidden, norm, unembed, targets, 5, backend="cpu")  # noqa: E731
     fns = {"bare_gemm": lambda: bare_gemm(xn, unembed.weight), "fused_cpu": fused,
            "fused_cpu_bf16": lambda: ops.lens_stats(hidden, norm, unembed_bf16, targets, 5, backend="cpu"),
            "naive_torch": lambda: naive(hidden, norm, unembed, targets)}
+    fns = {name: fn for name, fn in fns.items() if name in variants}
     fns.update({f"fused_cpu@{isa}": at(isa, fused) for isa in isas if isa != default})
     best = {name: float("inf") for name in fns}
     for _ in range(rounds):
@@ -113,10 +118,50 @@ def interleaved(tokens, vocab, rounds, isas=()):
             best[name] = min(best[name], time.perf_counter() - t0)
     per_isa = {default: best["fused_cpu"] / best["bare_gemm"]}
     per_isa.update({name.split("@")[1]: t / best["bare_gemm"] for name, t in best.items() if "@" in name})
+    ratio = lambda a, b: best[a] / best[b] if a in best and b in best else None  # noqa: E731
     return {"vocab": vocab, "tokens": tokens, "sites": SITES, "isa": default, "seconds": best,
-            "fused_over_gemm": best["fused_cpu"] / best["bare_gemm"], "fused_over_gemm_by_isa": per_isa,
-            "naive_over_fused": best["naive_torch"] / best["fused_cpu"],
-            "bf16_over_fp32_fused": best["fused_cpu_bf16"] / best["fused_cpu"], "load_average": os.getloadavg()}
+            "gflops": {name: 2 * SITES * tokens * D_MODEL * vocab / t / 1e9 for name, t in best.items()},
+            "fused_over_gemm": ratio("fused_cpu", "bare_gemm"), "fused_over_gemm_by_isa": per_isa,
+            "naive_over_fused": ratio("naive_torch", "fused_cpu"),
+            "bf16_over_fp32_fused": ratio("fused_cpu_bf16", "fused_cpu"), "load_average": os.getloadavg()}
+
+
+# What a CPU of each level runs: our kernels forced to it, and MKL's GEMM (the floor) and ATen's
+# vector code held to the same instructions, so that e.g. "avx2" is a Zen 3 as far as software goes.
+LIBRARY_LEVELS = {"generic": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default"},
+                  "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+                  "avx512": {"MKL_ENABLE_INSTRUCTIONS": "AVX512", "ATEN_CPU_CAPABILITY": "avx512"},
+                  "avx512bf16": {"MKL_ENABLE_INSTRUCTIONS": "AVX512", "ATEN_CPU_CAPABILITY": "avx512"}}
+
+
+def per_isa(tokens, vocab, rounds, out, threads=0):
+    """Fused vs the bare GEMM at every ISA level this CPU supports, each level in its own process
+    with the libraries held to it; each figure also as a share of the measured FMA peak
+    (bench/fma_peak.py) of the vector width that level uses."""
+    import tempfile
+
+    from fusedlens.core.cpu import supported_isas
+
+    peaks_path = os.path.join(os.path.dirname(out), "fma_peak.json")
+    peak_file = json.load(open(peaks_path)) if os.path.exists(peaks_path) else {"gflops_peak": {}, "machine": {}}
+    peaks, peak_threads = peak_file["gflops_peak"], peak_file["machine"].get("torch_threads", 1)
+    rows = []
+    for isa in supported_isas():
+        with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+            env = {**os.environ, "FUSEDLENS_ISA": isa, **LIBRARY_LEVELS[isa]}
+            subprocess.run([sys.executable, __file__, "--interleaved", str(rounds), "--tokens", str(tokens),
+                            "--vocabs", str(vocab), "--variants", "bare_gemm", "fused_cpu", "--out", tmp.name,
+                            "--threads", str(threads)],
+                           env=env, check=True, capture_output=True)
+            row = json.load(open(tmp.name))["rows"][0]
+        peak = peaks.get("avx512" if isa.startswith("avx512") else "avx2" if isa == "avx2" else "", None)
+        if peak:  # the peak of the threads this run used (the peak file measured all of them)
+            peak *= (threads or torch.get_num_threads()) / peak_threads
+        row.update(library_env=LIBRARY_LEVELS[isa], threads=threads or torch.get_num_threads(), fma_peak_gflops=peak,
+                   share_of_peak={k: v / peak for k, v in row["gflops"].items()} if peak else None)
+        print(isa, {k: row[k] for k in ("seconds", "fused_over_gemm", "share_of_peak")}, flush=True)
+        rows.append(row)
+    write_result({"machine": machine(), "mode": "per_isa", "rows": rows}, out)
 
 
 def main():
@@ -129,13 +174,23 @@ def main():
                     help="time the variants in one process, in turns (no memory figures)")
     ap.add_argument("--isas", nargs="*", default=[], help="with --interleaved: also time the fused op with the "
                     "kernels forced to these ISA levels (generic avx2 avx512 avx512bf16)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help="with --interleaved: which to time")
+    ap.add_argument("--per-isa", type=int, default=0, metavar="ROUNDS", help="fused vs bare GEMM at every ISA "
+                    "level of this CPU, each in its own process with MKL and ATen held to that level")
     ap.add_argument("--one", nargs=3, metavar=("VARIANT", "TOKENS", "VOCAB"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.one:
         print(json.dumps(run_variant(args.one[0], int(args.one[1]), int(args.one[2]), args.repeats)))
         return
+    if args.per_isa:
+        out = args.out if args.out != ap.get_default("out") else args.out.replace("lens_cpu.json", "lens_cpu_per_isa.json")
+        per_isa(args.tokens, args.vocabs[0], args.per_isa, out, args.threads)
+        return
     if args.interleaved:
-        rows = [interleaved(args.tokens, vocab, args.interleaved, args.isas) for vocab in args.vocabs]
+        rows = [interleaved(args.tokens, vocab, args.interleaved, args.isas, args.variants) for vocab in args.vocabs]
         for row in rows:
             print(row, flush=True)
         write_result({"machine": {**machine(), "MKL_ENABLE_INSTRUCTIONS": os.environ.get("MKL_ENABLE_INSTRUCTIONS")},

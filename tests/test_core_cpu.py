@@ -29,9 +29,27 @@ def test_machine_names_this_cpu_and_the_build():
     assert variants["cpu_isa"] == want
     if not os.environ.get("FUSEDLENS_ISA"):
         assert variants["isa"] == want
-    assert variants["bf16_dot"] == (variants["isa"] == "avx512bf16")
+    # bf16 dot: only on the avx512bf16 level, and there when forced or measured faster than fp32 FMA
+    forced = os.environ.get("FUSEDLENS_ISA") == "avx512bf16"
+    assert variants["bf16_dot"] == (variants["isa"] == "avx512bf16" and (forced or variants["bf16_dot_speedup"] > 1.25))
+    assert (variants["bf16_dot_speedup"] > 0) == (variants["cpu_isa"] == "avx512bf16")
     assert variants["avx512_epilogue"] == variants["isa"].startswith("avx512")
     json.dumps(m)  # JSON-able, as bench results store it
+
+
+def test_bf16_dot_is_chosen_by_measurement_unless_forced():
+    from fusedlens.core.backends import _C
+
+    if _C.cpu_isa() != "avx512bf16":  # the level cannot be forced, and nothing uses bf16 dot
+        assert not _C.set_isa("avx512bf16") and not _C.has_bf16_dot() and _C.bf16_dot_speedup() == 0
+        return
+    try:
+        assert _C.set_isa("avx512bf16") and _C.has_bf16_dot()  # forced: the instructions run
+        _C.reset_isa()
+        assert _C.has_bf16_dot() == (os.environ.get("FUSEDLENS_ISA") == "avx512bf16" or _C.bf16_dot_speedup() > 1.25)
+        assert _C.set_isa("avx512") and not _C.has_bf16_dot()
+    finally:
+        _C.reset_isa()
 
 
 def test_info_prints_the_machine(real_lm, capsys, monkeypatch):

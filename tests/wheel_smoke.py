@@ -35,7 +35,7 @@ for isa in supported_isas():
         assert err < 1e-4 + 1e-5 * getattr(want, name).abs().max(), (isa, name, float(err))
     print(f"  {isa}: lens_stats matches the float64 reference")
     checks += 1
-_C.set_isa(_C.cpu_isa())
+_C.reset_isa()
 
 cli = pathlib.Path(sys.prefix) / "bin" / "fusedlens"
 out = subprocess.run([str(cli), "--help"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})

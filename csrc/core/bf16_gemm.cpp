@@ -41,7 +41,14 @@ void pack_cols(const T* kmat, int64_t ldk, int64_t k, int64_t n, uint32_t* packe
 }
 }  // namespace
 
-bool has_bf16_dot() { return active_isa() == Isa::avx512bf16; }
+double bf16_dot_speedup() {
+  static const double speedup = cpu_isa() == Isa::avx512bf16 ? bf16_dot_speedup_avx512bf16() : 0.0;
+  return speedup;
+}
+
+bool has_bf16_dot() {
+  return active_isa() == Isa::avx512bf16 && (isa_forced() || bf16_dot_speedup() > 1.25);
+}
 
 void round_rows_bf16(const float* src, int64_t lds, int64_t m, int64_t k, bf16* dst) {
   const int64_t k_pad = k + (k & 1);
@@ -67,7 +74,7 @@ void pack_b_t(const float* kmat, int64_t ldk, int64_t k, int64_t n, uint32_t* pa
 
 void gemm_bf16(const bf16* a, int64_t lda, int64_t m, int64_t k, const uint32_t* packed, int64_t n, float* c,
                int64_t ldc, bool accumulate) {
-  if (has_bf16_dot()) return gemm_bf16_avx512bf16(a, lda, m, k, packed, n, c, ldc, accumulate);
+  if (active_isa() == Isa::avx512bf16) return gemm_bf16_avx512bf16(a, lda, m, k, packed, n, c, ldc, accumulate);
   // Without bf16 dot instructions (the callers send such work through the fp32 sweeps;
   // this loop keeps the function total, and is what the tests compare against).
   const int64_t pairs = (k + 1) / 2, n_pad = (n + kPanel - 1) / kPanel * kPanel;

@@ -11,8 +11,17 @@
 
 namespace fusedlens {
 
-// True when the active ISA (csrc/core/isa.h) has the CPU's bf16 dot-product instructions.
+// Whether the bf16 sweeps use the CPU's bf16 dot-product instructions: the active ISA
+// (csrc/core/isa.h) has them and either it was forced (FUSEDLENS_ISA=avx512bf16) or they
+// were measured faster than fp32 FMA on this CPU. They are not everywhere: on an Intel Xeon
+// with AVX512-BF16, vdpbf16ps ran at half the multiply-adds per second of vfmadd231ps.
+// Without them the sweeps multiply the same bf16-rounded operands in fp32 (exact products).
 bool has_bf16_dot();
+
+// Multiply-adds per second of vdpbf16ps over vfmadd231ps (zmm), measured once in a
+// register-only loop (about a millisecond); 0 when the CPU lacks AVX512-BF16.
+double bf16_dot_speedup();
+double bf16_dot_speedup_avx512bf16();  // the measurement (csrc/core/isa/bf16_avx512bf16.cpp)
 
 // Rows of A as bf16 with an even row length: dst [m, k_pad] (k_pad = k rounded up to
 // even; the pad column is zero).

@@ -9,6 +9,7 @@ namespace fusedlens {
 
 namespace {
 std::atomic<int> g_active{-1};
+std::atomic<bool> g_forced{false};
 
 bool x86() {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -59,8 +60,10 @@ Isa active_isa() {
     Isa want;
     // An unknown name or a level the CPU lacks keeps the detected one; the Python side
     // checks the variable at import and says so.
-    if (forced && *forced && isa_from_name(forced, &want) && static_cast<int>(want) <= static_cast<int>(isa))
-      isa = want;
+    const bool applies =
+        forced && *forced && isa_from_name(forced, &want) && static_cast<int>(want) <= static_cast<int>(isa);
+    if (applies) isa = want;
+    g_forced.store(applies, std::memory_order_release);
     v = static_cast<int>(isa);
     g_active.store(v, std::memory_order_release);
   }
@@ -69,8 +72,16 @@ Isa active_isa() {
 
 bool set_isa(Isa isa) {
   if (static_cast<int>(isa) > static_cast<int>(cpu_isa())) return false;
+  g_forced.store(true, std::memory_order_release);
   g_active.store(static_cast<int>(isa), std::memory_order_release);
   return true;
+}
+
+void reset_isa() { g_active.store(-1, std::memory_order_release); }
+
+bool isa_forced() {
+  active_isa();
+  return g_forced.load(std::memory_order_acquire);
 }
 
 bool forced_isa_unavailable() {

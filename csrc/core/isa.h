@@ -22,6 +22,12 @@ Isa active_isa();
 // Force a level; false (and nothing changes) if the CPU lacks it.
 bool set_isa(Isa isa);
 
+// Back to the level FUSEDLENS_ISA names, else the detected one.
+void reset_isa();
+
+// Whether the active level was forced (FUSEDLENS_ISA or set_isa) rather than detected.
+bool isa_forced();
+
 // FUSEDLENS_ISA names a level this CPU lacks (or no level at all): tests skip (exit 77).
 bool forced_isa_unavailable();
 
@@ -33,6 +39,8 @@ struct VecKernels {
   // (p_final may be null), and the counts of z above zt and above zf.
   void (*tile_sums)(const float* z, int64_t width, float m, float zt, float zf, const float* p_final,
                     const float* z_final, float* s, float* u, float* kl, int64_t* above_t, int64_t* above_f);
+  // The positions i in [0, width) with z[i] > threshold, ascending, into idx; returns how many.
+  int64_t (*above)(const float* z, int64_t width, float threshold, int32_t* idx);
 };
 
 const VecKernels& vec_kernels();  // of the active ISA

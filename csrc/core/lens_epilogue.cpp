@@ -85,10 +85,19 @@ void fold_tile(RowState& st, const RowQuery& q, const float* z, int64_t v0, int6
   }
   if (q.final_top1 >= v0 && q.final_top1 < v0 + width) st.rank_final_top1 -= z[q.final_top1 - v0] > q.final_top1_logit;
 
-  // Top-k: only a tile whose max beats the current k-th value can change it.
-  if (st.filled < st.k || top > st.top_logit[st.k - 1]) {
-    for (int64_t i = 0; i < width; ++i) {
-      if (st.filled < st.k || z[i] > st.top_logit[st.k - 1]) topk_insert(st, z[i], v0 + i);
+  // Top-k: only a tile whose max beats the current k-th value can change it, and then only
+  // the positions above that value (found by the vector kernel, a chunk at a time, each chunk
+  // against the k-th value as it stands) are inserted, in increasing id order (the tie rule).
+  int64_t i = 0;
+  for (; i < width && st.filled < st.k; ++i) topk_insert(st, z[i], v0 + i);
+  if (i < width && top > st.top_logit[st.k - 1]) {
+    constexpr int64_t kChunk = 256;
+    int32_t idx[kChunk];
+    for (; i < width; i += kChunk) {
+      const int64_t len = width - i < kChunk ? width - i : kChunk;
+      const int64_t n = vec_kernels().above(z + i, len, st.top_logit[st.k - 1], idx);
+      for (int64_t j = 0; j < n; ++j)
+        if (z[i + idx[j]] > st.top_logit[st.k - 1]) topk_insert(st, z[i + idx[j]], v0 + i + idx[j]);
     }
   }
 }

@@ -77,7 +77,7 @@ int main() {
   int bad = 0;
   for (int64_t m : {1, 12, 37})
     for (int64_t n : {1, 33, 100})
-      for (int64_t k : {1, 7, 576})
+      for (int64_t k : {1, 7, 576, 1201})  // 1201: several k-blocks
         for (Pack how : {Pack::rows_bf16, Pack::rows_f32, Pack::transposed_bf16, Pack::transposed_f32})
           bad += check(m, n, k, how, how == Pack::rows_f32 || how == Pack::transposed_bf16, rng);
   // Rounding: nearest, ties to even, on values that sit exactly between two bf16s.

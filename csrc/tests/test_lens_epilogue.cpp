@@ -11,10 +11,12 @@
 
 using namespace fusedlens;
 
-static int check(int64_t vocab, int64_t tile, int k, float scale, std::mt19937& rng) {
+// ties: logits on a grid of 1/4, so many are equal and the top-k must follow the tie rule
+// (ascending id among equals) across tiles and the vector kernels' chunks.
+static int check(int64_t vocab, int64_t tile, int k, float scale, std::mt19937& rng, bool ties = false) {
   std::normal_distribution<float> normal(0.f, scale);
   std::vector<float> z(vocab), zf(vocab);
-  for (auto& v : z) v = normal(rng);
+  for (auto& v : z) v = ties ? std::round(4.f * normal(rng)) / 4.f : normal(rng);
   for (auto& v : zf) v = normal(rng);
   const int64_t target = std::uniform_int_distribution<int64_t>(0, vocab - 1)(rng);
   // Direct double-precision statistics.
@@ -53,8 +55,8 @@ static int check(int64_t vocab, int64_t tile, int k, float scale, std::mt19937& 
   bad += std::fabs(got_kl - kl) > 1e-4 + 1e-5 * kl;
   bad += st.rank_target != rank;
   for (int i = 0; i < k; ++i) bad += st.top_id[i] != order[i];
-  std::printf("vocab=%lld tile=%lld k=%d scale=%g: %s\n", (long long)vocab, (long long)tile, k, scale,
-              bad ? "FAIL" : "ok");
+  std::printf("vocab=%lld tile=%lld k=%d scale=%g%s: %s\n", (long long)vocab, (long long)tile, k, scale,
+              ties ? " ties" : "", bad ? "FAIL" : "ok");
   return bad;
 }
 
@@ -63,9 +65,10 @@ int main() {
   std::mt19937 rng(std::random_device{}());
   int bad = 0;
   for (int64_t vocab : {1, 7, 1000, 50257})
-    for (int64_t tile : {16, 1024})
+    for (int64_t tile : {16, 300, 1024})
       for (int k : {1, 32})
-        if (k <= vocab) bad += check(vocab, tile, k, 3.f, rng);
+        for (bool ties : {false, true})
+          if (k <= vocab) bad += check(vocab, tile, k, 3.f, rng, ties);
   bad += check(4096, 256, 8, 60.f, rng);
   // exp_nonpos against std::exp.
   double worst = 0;

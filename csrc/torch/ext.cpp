@@ -62,6 +62,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the ISA level the vector kernels run with: generic, avx2, avx512 or avx512bf16");
   m.def("cpu_isa", [] { return std::string(fusedlens::isa_name(fusedlens::cpu_isa())); },
         "the best ISA level this CPU supports");
+  m.def("reset_isa", &fusedlens::reset_isa, "back to FUSEDLENS_ISA, else the detected level");
+  m.def("bf16_dot_speedup", &fusedlens::bf16_dot_speedup,
+        "measured multiply-adds/s of the CPU's bf16 dot over fp32 FMA (0: no AVX512-BF16)");
   m.def("set_isa", [](const std::string& name) {
         fusedlens::Isa isa;
         if (!fusedlens::isa_from_name(name.c_str(), &isa)) return false;

@@ -1,5 +1,5 @@
-// Fused logit-lens statistics on CPU: tile GEMMs through ATen (float32 weights) or
-// the bf16-dot kernel of csrc/core (bfloat16 weights), the online epilogue from
+// Fused logit-lens statistics on CPU: tile GEMMs through our float32 kernel (ATen's on
+// the generic ISA level) or the bf16-dot kernel of csrc/core, the online epilogue from
 // csrc/core, token groups spread over threads with at::parallel_for. Logits exist
 // one [rows x vocab_tile] tile at a time.
 #include <ATen/Parallel.h>
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../core/bf16_gemm.h"
+#include "../core/f32_gemm.h"
 #include "../core/gather_dot.h"
 #include "../core/lens_epilogue.h"
 
@@ -20,14 +21,16 @@ using fusedlens::bf16;
 using fusedlens::RowQuery;
 using fusedlens::RowState;
 
-// W_U as the sweep multiplies it: float32 through ATen's GEMM, or bfloat16 through
-// the bf16-dot tile kernel (the rows were rounded to bf16 before the sweep).
+// W_U as the sweep multiplies it: float32 through the f32 tile kernel (or ATen's GEMM
+// on the generic level), or bfloat16 through the bf16-dot tile kernel (the rows were
+// rounded to bf16 before the sweep).
 struct Sweep {
   torch::Tensor w;         // [V, d] float32 or bfloat16
   const float* bias;       // [V] or null
   float cap;               // <= 0: none
   int64_t vocab_tile;
   bool bf16() const { return w.scalar_type() == torch::kBFloat16; }
+  bool own_f32() const { return !bf16() && fusedlens::f32_gemm_kernel().fast; }
 };
 
 // One group of tokens: rows A [sites * tokens, d] site-major (the last site's rows
@@ -35,6 +38,7 @@ struct Sweep {
 struct Group {
   torch::Tensor a;          // float32 rows (float32 sweep)
   std::vector<bf16> a16;    // the same rows as bf16, even row length (bf16 sweep)
+  std::vector<float> a32;   // the same rows packed for the f32 tile kernel
   int64_t sites, tokens;
   RowState* st;
   const RowQuery* q;
@@ -46,26 +50,36 @@ struct Group {
 // packed once and used by all groups; logits exist one [rows x tile] block at a time.
 void sweep(const Sweep& sw, std::vector<Group>& groups) {
   const int64_t V = sw.w.size(0), d = sw.w.size(1), k_pad = d + (d & 1);
-  const int64_t ld_max = (sw.vocab_tile + 31) / 32 * 32;
   int64_t max_rows = 0;
   for (auto& g : groups) {
-    max_rows = std::max(max_rows, g.sites * g.tokens);
+    const int64_t rows = g.sites * g.tokens;
+    max_rows = std::max(max_rows, sw.own_f32() ? fusedlens::f32_rows_padded(rows) : rows);
     if (sw.bf16() && g.a16.empty()) {
-      g.a16.resize(g.sites * g.tokens * k_pad);
-      fusedlens::round_rows_bf16(g.a.data_ptr<float>(), d, g.sites * g.tokens, d, g.a16.data());
+      g.a16.resize(rows * k_pad);
+      fusedlens::round_rows_bf16(g.a.data_ptr<float>(), d, rows, d, g.a16.data());
+    }
+    if (sw.own_f32() && g.a32.empty()) {
+      g.a32.resize(fusedlens::f32_rows_padded(rows) * d);
+      fusedlens::f32_pack_a(g.a.data_ptr<float>(), d, rows, d, g.a32.data());
     }
   }
+  const int64_t ld_max = sw.own_f32() ? fusedlens::f32_cols_padded(sw.vocab_tile) : (sw.vocab_tile + 31) / 32 * 32;
   std::vector<float> tile(max_rows * ld_max), pf(sw.vocab_tile);
+  // W_U's tile is packed once here and serves every group (a BLAS call would re-pack it).
   std::vector<uint32_t> packed(sw.bf16() ? fusedlens::packed_b_size(sw.vocab_tile, d) : 0);
+  std::vector<float> packed32(sw.own_f32() ? fusedlens::f32_cols_padded(sw.vocab_tile) * d : 0);
   const auto* w16 = sw.bf16() ? reinterpret_cast<const bf16*>(sw.w.data_ptr()) : nullptr;
   for (int64_t v0 = 0; v0 < V; v0 += sw.vocab_tile) {
     const int64_t width = std::min(sw.vocab_tile, V - v0);
-    const int64_t ld = sw.bf16() ? (width + 31) / 32 * 32 : width;
+    const int64_t ld = sw.bf16() ? (width + 31) / 32 * 32 : sw.own_f32() ? fusedlens::f32_cols_padded(width) : width;
     if (sw.bf16()) fusedlens::pack_b(w16 + v0 * d, d, width, d, packed.data());
+    if (sw.own_f32()) fusedlens::f32_pack_b(sw.w.data_ptr<float>() + v0 * d, d, width, d, packed32.data());
     for (auto& g : groups) {
       const int64_t rows = g.sites * g.tokens;
       if (sw.bf16()) {
         fusedlens::gemm_bf16(g.a16.data(), k_pad, rows, d, packed.data(), width, tile.data(), ld);
+      } else if (sw.own_f32()) {
+        fusedlens::f32_gemm(g.a32.data(), rows, d, packed32.data(), width, tile.data(), ld);
       } else {
         auto out = torch::from_blob(tile.data(), {rows, width}, g.a.options());
         at::mm_out(out, g.a, sw.w.narrow(0, v0, width).t());
@@ -92,7 +106,7 @@ float capped(float z, float cap) { return cap > 0.f ? cap * std::tanh(z / cap) :
 template <typename Fn>
 void for_each_unit(int64_t T, int64_t group_tokens, Fn&& fn) {
   const int64_t groups = (T + group_tokens - 1) / group_tokens;
-  const int64_t per_unit = std::clamp<int64_t>(groups / (2 * at::get_num_threads()), 1, 4);
+  const int64_t per_unit = std::clamp<int64_t>(groups / (2 * at::get_num_threads()), 1, 16);
   const int64_t unit = group_tokens * per_unit;
   at::parallel_for(0, (T + unit - 1) / unit, 1, [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) fn(u * unit, std::min(unit, T - u * unit));
@@ -152,7 +166,11 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
   std::vector<float> lse_final(T);
   std::vector<int64_t> top1_final(T, -1);
   const torch::Tensor final_rows = xn[S - 1];
-  const int64_t p1_tokens = std::max<int64_t>(token_block * S, 16);
+  // About as many rows per group as phase 2 has, in equal groups whose count is a multiple of the
+  // threads: 1,024 tokens in groups of 248 left one thread 744 tokens and the other 280.
+  const int64_t threads = at::get_num_threads(), rows_wanted = std::max<int64_t>(token_block * S, 16);
+  const int64_t p1_groups = threads * std::max<int64_t>(1, (T + threads * rows_wanted / 2) / (threads * rows_wanted));
+  const int64_t p1_tokens = std::max<int64_t>(1, (T + p1_groups - 1) / p1_groups);
   if (!one_site) for_each_unit(T, p1_tokens, [&](int64_t t0, int64_t n) {
     std::vector<RowState> st(n);
     std::vector<RowQuery> q(n, RowQuery{-1, nan, -1, nan});
@@ -160,7 +178,7 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
     std::vector<Group> groups;
     for (int64_t g0 = 0; g0 < n; g0 += p1_tokens) {
       const int64_t m = std::min(p1_tokens, n - g0);
-      groups.push_back(Group{final_rows.narrow(0, t0 + g0, m), {}, 1, m, st.data() + g0, q.data() + g0, nullptr,
+      groups.push_back(Group{final_rows.narrow(0, t0 + g0, m), {}, {}, 1, m, st.data() + g0, q.data() + g0, nullptr,
                              nullptr});
     }
     sweep(sw, groups);
@@ -204,7 +222,7 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
           gst[s * m + j].reset(static_cast<int>(k));
           gq[s * m + j] = RowQuery{ids_t[g], capped(z_t[g], cap), ids_f[g], capped(z_f[g], cap)};
         }
-      groups.push_back(Group{xn.narrow(1, t0 + g0, m).reshape({S * m, d}).contiguous(), {}, S, m, gst, gq,
+      groups.push_back(Group{xn.narrow(1, t0 + g0, m).reshape({S * m, d}).contiguous(), {}, {}, S, m, gst, gq,
                              one_site ? nullptr : lse_final.data() + t0 + g0, pf_total.data() + g0});
     }
     sweep(sw, groups);

@@ -14,7 +14,9 @@ constexpr float kExpCoef[8] = {1.f / 5040.f, 1.f / 720.f, 1.f / 120.f, 1.f / 24.
 static inline float exp_nonpos_scalar(float x) {
   const bool tiny = x < -87.0f;
   x = tiny ? -87.0f : x;
-  const float n = std::nearbyint(x * kLog2e);
+  // round to nearest even by the 1.5 * 2^23 trick: what nearbyint gives (|x log2 e| < 2^22),
+  // in plain arithmetic that the compiler vectorises with SSE2 alone (roundps is SSE4.1)
+  const float n = (x * kLog2e + 12582912.f) - 12582912.f;
   const float r = (x - n * kLn2Hi) - n * kLn2Lo;
   float p = kExpCoef[0];
   for (int i = 1; i < 8; ++i) p = p * r + kExpCoef[i];

@@ -1,11 +1,6 @@
 // The vector kernels with AVX2 + FMA (8 lanes; tails by masked loads), for CPUs without
 // AVX-512 such as AMD Zen 3: the same arithmetic as the AVX-512 table.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC target("avx2,fma")
-#elif defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#endif
-#include <immintrin.h>
+#include "target_avx2.h"
 
 #include <limits>
 
@@ -94,14 +89,28 @@ void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const
   *s_out = hsum(s), *u_out = hsum(u), *kl_out = hsum(kl), *above_t = ct, *above_f = cf;
 }
 
+// 8 at a time; only a block with a position above the threshold is looked at closer.
+int64_t above(const float* z, int64_t width, float threshold, int32_t* idx) {
+  const __m256 t = _mm256_set1_ps(threshold);
+  int64_t n = 0, i = 0;
+  for (; i + 8 <= width; i += 8) {
+    unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(z + i), t, _CMP_GT_OQ)));
+    while (mask) {
+      idx[n++] = static_cast<int32_t>(i + __builtin_ctz(mask));
+      mask &= mask - 1;
+    }
+  }
+  for (; i < width; ++i)
+    if (z[i] > threshold) idx[n++] = static_cast<int32_t>(i);
+  return n;
+}
+
 }  // namespace
 
 const VecKernels& vec_kernels_avx2() {
-  static const VecKernels k{tile_max, exp_shifted, tile_sums};
+  static const VecKernels k{tile_max, exp_shifted, tile_sums, above};
   return k;
 }
 
 }  // namespace fusedlens
-#if defined(__clang__)
-#pragma clang attribute pop
-#endif
+#include "target_end.h"

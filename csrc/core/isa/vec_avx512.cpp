@@ -1,14 +1,5 @@
 // The vector kernels with AVX-512 (16 lanes, masked tails), whatever the build's -march.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma,avx2")
-#elif defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma,avx2"))), apply_to = function)
-#endif
-#if defined(__GNUC__)
-#pragma GCC diagnostic ignored "-Wuninitialized"  // false positives inside GCC 12's AVX-512 headers
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
+#include "target_avx512.h"
 
 #include <limits>
 
@@ -76,14 +67,28 @@ void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const
   *above_t = ct, *above_f = cf;
 }
 
+// 16 at a time, the positions above the threshold compressed into idx.
+int64_t above(const float* z, int64_t width, float threshold, int32_t* idx) {
+  const __m512 t = _mm512_set1_ps(threshold);
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t n = 0;
+  for (int64_t i = 0; i < width; i += 16) {
+    const __mmask16 live = width - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (width - i)) - 1);
+    const __mmask16 hit = _mm512_mask_cmp_ps_mask(live, _mm512_maskz_loadu_ps(live, z + i), t, _CMP_GT_OQ);
+    if (hit) {
+      _mm512_mask_compressstoreu_epi32(idx + n, hit, _mm512_add_epi32(lanes, _mm512_set1_epi32(int(i))));
+      n += __builtin_popcount(hit);
+    }
+  }
+  return n;
+}
+
 }  // namespace
 
 const VecKernels& vec_kernels_avx512() {
-  static const VecKernels k{tile_max, exp_shifted, tile_sums};
+  static const VecKernels k{tile_max, exp_shifted, tile_sums, above};
   return k;
 }
 
 }  // namespace fusedlens
-#if defined(__clang__)
-#pragma clang attribute pop
-#endif
+#include "target_end.h"

@@ -35,7 +35,8 @@ _check_forced_isa()
 
 
 def bf16_dot_on_cpu() -> bool:
-    """Whether the C++ kernels multiply bf16 operands with the CPU's bf16 dot instructions (AVX512-BF16)."""
+    """Whether the C++ kernels multiply bf16 operands with the CPU's bf16 dot instructions (AVX512-BF16):
+    where they exist and were measured faster than fp32 FMA, or FUSEDLENS_ISA=avx512bf16 forces them."""
     return _C is not None and bool(_C.has_bf16_dot())
 
 

@@ -58,13 +58,16 @@ def supported_isas() -> list[str]:
 
 def build_variants() -> dict:
     """The kernel variants: which ISA level runs (chosen at import, or FUSEDLENS_ISA), the best
-    this CPU offers, and what that means for the lens epilogue and the bf16 GEMM."""
+    this CPU offers, and what that means for the lens epilogue and the bf16 GEMM (whose dot
+    instructions are used only where measured faster than fp32 FMA, bf16_dot_speedup > 1.25,
+    or where FUSEDLENS_ISA=avx512bf16 forces them)."""
     from .backends import _C
 
     if _C is None:
         return {"extension": False}
     return {"extension": True, "isa": _C.isa(), "cpu_isa": _C.cpu_isa(), "compiled": list(ISA_LEVELS),
-            "avx512_epilogue": bool(_C.has_avx512_epilogue()), "bf16_dot": bool(_C.has_bf16_dot())}
+            "avx512_epilogue": bool(_C.has_avx512_epilogue()), "bf16_dot": bool(_C.has_bf16_dot()),
+            "bf16_dot_speedup": round(float(_C.bf16_dot_speedup()), 3)}
 
 
 def machine() -> dict:

@@ -50,8 +50,8 @@ def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets:
 
     compute: "fp32" multiplies the float32 normalised residual with W_U (bf16
     weights are widened exactly); "bf16" rounds the normalised residual to bf16
-    and uses the CPU's bf16 dot instructions where present (about twice the
-    multiply-adds per cycle; elsewhere the fp32 sweep multiplies the rounded
+    and uses the CPU's bf16 dot instructions where they are measured faster than
+    fp32 FMA (`_C.bf16_dot_speedup()`; elsewhere the fp32 sweep multiplies the rounded
     operands, with the same result), so the statistics are exact for the rounded residual
     (`reference.matmul_operands`; the logits move by at most 2^-9 · Σ|x̂ᵢ wᵢ|);
     "auto" is "bf16" for bf16 weights and "fp32" otherwise. Either way the
