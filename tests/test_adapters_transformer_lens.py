@@ -131,12 +131,14 @@ def expect_centred(lm, processing, softcap):
 
 # --- TransformerBridge ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("processing", list(PROCESSING))
-@pytest.mark.parametrize("arch", ARCHS)
+# TransformerLens refuses to refactor the QK circuit of a rotary model: those pairs are not run.
+BRIDGE_CASES = [(arch, processing) for processing in PROCESSING for arch in ARCHS
+                if not (processing == "refactor" and arch in ROTARY)]
+
+
+@pytest.mark.parametrize("arch, processing", BRIDGE_CASES)
 @torch.no_grad()
 def test_bridge_stats_equal_hf(arch, processing, tokenizer):
-    if processing == "refactor" and arch in ROTARY:
-        pytest.skip("TransformerLens cannot refactor the QK circuit of a rotary model")
     hf_model = tiny_model(arch)
     tl_model = bridge(hf_model, tokenizer, processing, arch)
     oracle = tiny_oracle(hf_model)
