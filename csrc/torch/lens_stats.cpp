@@ -62,6 +62,7 @@ void sweep(const Sweep& sw, std::vector<Group>& groups) {
       g.a32.resize(fusedlens::f32_rows_padded(rows) * d);
       fusedlens::f32_pack_a(g.a.data_ptr<float>(), d, rows, d, g.a32.data());
     }
+    if (sw.bf16() || sw.own_f32()) g.a = torch::Tensor();  // packed: the float32 copy is no longer read
   }
   const int64_t ld_max = sw.own_f32() ? fusedlens::f32_cols_padded(sw.vocab_tile) : (sw.vocab_tile + 31) / 32 * 32;
   std::vector<float> tile(max_rows * ld_max), pf(sw.vocab_tile);
