@@ -36,9 +36,11 @@ struct VecKernels {
   float (*tile_max)(const float* z, int64_t width);
   float (*exp_shifted)(const float* z, float shift, float* p, int64_t width);
   // Over one tile: s = Σ exp(z - m), u = Σ exp(z - m)(z - m), kl = Σ p_final (z_final - z)
-  // (p_final may be null), and the counts of z above zt and above zf.
+  // (p_final may be null), the counts of z above zt and above zf, and top = max z. m need
+  // not be the max (the running max of earlier tiles is): valid while top - m <= 64.
   void (*tile_sums)(const float* z, int64_t width, float m, float zt, float zf, const float* p_final,
-                    const float* z_final, float* s, float* u, float* kl, int64_t* above_t, int64_t* above_f);
+                    const float* z_final, float* s, float* u, float* kl, int64_t* above_t, int64_t* above_f,
+                    float* top);
   // The positions i in [0, width) with z[i] > threshold, ascending, into idx; returns how many.
   int64_t (*above)(const float* z, int64_t width, float threshold, int32_t* idx);
 };

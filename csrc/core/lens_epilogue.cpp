@@ -57,27 +57,41 @@ float exp_shifted(const float* z, float shift, float* p, int64_t width) {
   return vec_kernels().exp_shifted(z, shift, p, width);
 }
 
+// One pass over the tile: its sums are taken against the running max of the earlier tiles
+// and rescaled after it if the tile raised the max (a separate max pass cost 2 % of the
+// sweep). exp stays finite while the tile is at most kExcess above that max; a tile
+// further above (or the first) is summed against its own max.
+constexpr float kExcess = 64.f;
+
+static void rescale(RowState& st, float top) {
+  if (st.s > 0.f) {
+    const float shift = st.m - top;
+    const float scale = exp_nonpos_scalar(shift);
+    st.u = scale * (st.u + shift * st.s);
+    st.s *= scale;
+  }
+  st.m = top;
+}
+
 void fold_tile(RowState& st, const RowQuery& q, const float* z, int64_t v0, int64_t width,
                const float* p_final, const float* z_final) {
-  const float top = tile_max(z, width);
-  if (top > st.m) {  // rescale s and u to the new max
-    if (st.s > 0.f) {
-      const float shift = st.m - top;
-      const float scale = exp_nonpos_scalar(shift);
-      st.u = scale * (st.u + shift * st.s);
-      st.s *= scale;
-    }
-    st.m = top;
-  }
-  float s, u, kl;
+  if (st.m == -std::numeric_limits<float>::infinity()) st.m = tile_max(z, width);
+  float s, u, kl, top;
   int64_t above_t, above_f;
-  vec_kernels().tile_sums(z, width, st.m, q.target_logit, q.final_top1_logit, p_final, z_final, &s, &u, &kl,
-                          &above_t, &above_f);
+  const auto& vk = vec_kernels();
+  vk.tile_sums(z, width, st.m, q.target_logit, q.final_top1_logit, p_final, z_final, &s, &u, &kl, &above_t, &above_f,
+               &top);
+  if (top > st.m + kExcess) {
+    rescale(st, top);
+    vk.tile_sums(z, width, st.m, q.target_logit, q.final_top1_logit, p_final, z_final, &s, &u, &kl, &above_t,
+                 &above_f, &top);
+  }
   st.s += s;
   st.u += u;
   st.kl += kl;
   st.rank_target += above_t;
   st.rank_final_top1 += above_f;
+  if (top > st.m) rescale(st, top);
   if (q.target_id >= v0 && q.target_id < v0 + width) {
     const float own = z[q.target_id - v0];
     st.seen_target_logit = own;

@@ -34,7 +34,7 @@ struct RowState {
 // Whether the AVX-512 epilogue runs (the active ISA, csrc/core/isa.h, has AVX-512).
 bool has_avx512_epilogue();
 
-// exp(x) for x <= 0 (relative error < 2e-7; exp(x < -87) is flushed to 0).
+// exp(x) for x <= 0 (relative error < 2e-7; exp(x < -87) is flushed to 0); correct up to x = 64.
 float exp_nonpos(float x);
 
 // Fold one tile of logits z[0, width) (vocab ids v0 ...) into a row's state.

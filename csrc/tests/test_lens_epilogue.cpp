@@ -13,10 +13,14 @@ using namespace fusedlens;
 
 // ties: logits on a grid of 1/4, so many are equal and the top-k must follow the tie rule
 // (ascending id among equals) across tiles and the vector kernels' chunks.
-static int check(int64_t vocab, int64_t tile, int k, float scale, std::mt19937& rng, bool ties = false) {
+// ramp: z[i] += ramp * i, so that every tile raises the running max (by more than the
+// one-pass sums' 64 when ramp * tile > 64, the path that sums a tile again).
+static int check(int64_t vocab, int64_t tile, int k, float scale, std::mt19937& rng, bool ties = false,
+                 float ramp = 0.f) {
   std::normal_distribution<float> normal(0.f, scale);
   std::vector<float> z(vocab), zf(vocab);
   for (auto& v : z) v = ties ? std::round(4.f * normal(rng)) / 4.f : normal(rng);
+  for (int64_t i = 0; i < vocab; ++i) z[i] += ramp * static_cast<float>(i);
   for (auto& v : zf) v = normal(rng);
   const int64_t target = std::uniform_int_distribution<int64_t>(0, vocab - 1)(rng);
   // Direct double-precision statistics.
@@ -50,13 +54,14 @@ static int check(int64_t vocab, int64_t tile, int k, float scale, std::mt19937& 
   }
   const double got_kl = st.kl / pf_total - lse_f + st.lse();
   int bad = 0;
-  bad += std::fabs(st.lse() - lse) > 1e-4 + 1e-5 * std::fabs(lse);
-  bad += std::fabs(st.entropy() - ent) > 1e-4 + 1e-5 * ent;
-  bad += std::fabs(got_kl - kl) > 1e-4 + 1e-5 * kl;
+  // written as !(err <= tol) so that a NaN fails
+  bad += !(std::fabs(st.lse() - lse) <= 1e-4 + 1e-5 * std::fabs(lse));
+  bad += !(std::fabs(st.entropy() - ent) <= 1e-4 + 1e-5 * ent);
+  bad += !(std::fabs(got_kl - kl) <= 1e-4 + 1e-5 * kl);
   bad += st.rank_target != rank;
   for (int i = 0; i < k; ++i) bad += st.top_id[i] != order[i];
-  std::printf("vocab=%lld tile=%lld k=%d scale=%g%s: %s\n", (long long)vocab, (long long)tile, k, scale,
-              ties ? " ties" : "", bad ? "FAIL" : "ok");
+  std::printf("vocab=%lld tile=%lld k=%d scale=%g%s ramp=%g: %s\n", (long long)vocab, (long long)tile, k, scale,
+              ties ? " ties" : "", ramp, bad ? "FAIL" : "ok");
   return bad;
 }
 
@@ -70,20 +75,23 @@ int main() {
         for (bool ties : {false, true})
           if (k <= vocab) bad += check(vocab, tile, k, 3.f, rng, ties);
   bad += check(4096, 256, 8, 60.f, rng);
+  for (int64_t tile : {16, 300})  // the max rising by 8 per tile of 16 (rescaled), by 150 per 300 (summed again)
+    bad += check(3000, tile, 4, 3.f, rng, false, 0.5f);
+  bad += check(3000, 300, 4, 3.f, rng, false, -0.5f);  // falling: the first tile holds the max
   // exp_nonpos against std::exp.
   double worst = 0;
-  for (float x = -87.f; x <= 0.f; x += 0.001f)
+  for (float x = -87.f; x <= 64.f; x += 0.001f)  // up to 64: the one-pass tile sums' range
     worst = std::max(worst, std::fabs(exp_nonpos(x) / std::exp(double(x)) - 1));
   std::printf("exp_nonpos worst relative error %.3g\n", worst);
-  bad += worst > 2e-7;
+  bad += !(worst <= 2e-7);
   // The vectorised exp inside final_probs, over the same range (tail lanes included).
   std::vector<float> xs, ps;
-  for (float x = -87.f; x <= 0.f; x += 0.001f) xs.push_back(x);
+  for (float x = -87.f; x <= 64.f; x += 0.001f) xs.push_back(x);
   ps.resize(xs.size());
   final_probs(xs.data(), 0.f, ps.data(), static_cast<int64_t>(xs.size()));
   worst = 0;
   for (size_t i = 0; i < xs.size(); ++i) worst = std::max(worst, std::fabs(ps[i] / std::exp(double(xs[i])) - 1));
   std::printf("final_probs exp worst relative error %.3g\n", worst);
-  bad += worst > 2e-7;
+  bad += !(worst <= 2e-7);
   return bad ? 1 : 0;
 }

@@ -59,7 +59,7 @@ static int check(int64_t rows, int64_t d, int64_t m, int64_t block, std::mt19937
         scale += std::fabs(double(w[r * D + i]) * w[r * D + j]);
       }
       const double tol = j < d ? 1e-5 : 1e-13;  // fp32 tiles; float64 sums of exact products
-      bad += std::fabs(out[i * D + j] - want) > tol * scale + 1e-30;
+      bad += !(std::fabs(out[i * D + j] - want) <= tol * scale + 1e-30);  // a NaN fails
     }
   // NaN/Inf counting: finite data gives 0, then plant a few bad values (never in the padding)
   bad += fusedlens::count_nonfinite<T>(x.data(), ldx, rows, d) != 0;

@@ -14,6 +14,7 @@
 
 #include <vector>
 
+#include "../core/aligned.h"
 #include "../core/bf16_gemm.h"
 #include "../core/kl_grad.h"
 #include "../core/lens_epilogue.h"
@@ -41,7 +42,7 @@ struct BlockSums {
   std::vector<float> wsum;
   // a: Σ exp(z − m) c' W per lens row (and, without a cap, per final row: then it is b);
   // b: Σ exp(z_f − m_f) c' W per lens row, with a cap. Row stride ld_acc.
-  std::vector<float> acc_a, acc_b;
+  fusedlens::AlignedVector<float> acc_a, acc_b;
 
   BlockSums(int64_t L_, int64_t n_, int64_t ld, bool grad_, bool capped_)
       : L(L_), n(n_), R((L_ + 1) * n_), lens_rows(L_ * n_), rows_a(capped_ ? L_ * n_ : (L_ + 1) * n_), ld_acc(ld),
@@ -54,8 +55,9 @@ struct BlockSums {
 // One tile's logits and what is derived from them; row stride ld.
 struct TileScratch {
   int64_t ld;
-  std::vector<float> z, e, eb, factor, factor_b;
-  std::vector<bf16> e16, eb16;  // e and eb rounded for the bf16 gradient GEMM
+  fusedlens::AlignedVector<float> z, e, eb;
+  std::vector<float> factor, factor_b;
+  fusedlens::AlignedVector<bf16> e16, eb16;  // e and eb rounded for the bf16 gradient GEMM
 
   TileScratch(int64_t R, int64_t lens_rows, int64_t ld_, bool grad, bool capped, bool bf16_grad)
       : ld(ld_), z(R * ld_), e(R * ld_), eb(grad && capped ? lens_rows * ld_ : 0), factor(R, 1.f),
@@ -154,7 +156,7 @@ void sweep_bf16(const float* xn, const float* xf, const W* w, int64_t V, int64_t
   const int64_t ld_z = round_up(vocab_tile, fusedlens::kPackPanel), blocks = (T + tb - 1) / tb;
   const int64_t max_rows = (L + 1) * tb;
   // the stacked rows of each block, rounded once: [blocks][(L + 1) * tb, dk]
-  std::vector<bf16> rows(blocks * max_rows * dk);
+  fusedlens::AlignedVector<bf16> rows(blocks * max_rows * dk);
   std::vector<BlockSums> sums;
   sums.reserve(blocks);
   for (int64_t blk = 0; blk < blocks; ++blk)
@@ -169,8 +171,8 @@ void sweep_bf16(const float* xn, const float* xf, const W* w, int64_t V, int64_t
   });
   std::vector<TileScratch> scratch;
   for (int i = 0; i < at::get_num_threads(); ++i) scratch.emplace_back(max_rows, L * tb, ld_z, grad, capped, grad);
-  std::vector<uint32_t> packed_z(fusedlens::packed_b_size(vocab_tile, d));
-  std::vector<uint32_t> packed_g(grad ? fusedlens::packed_b_size(d, vocab_tile) : 0);
+  fusedlens::AlignedVector<uint32_t> packed_z(fusedlens::packed_b_size(vocab_tile, d));
+  fusedlens::AlignedVector<uint32_t> packed_g(grad ? fusedlens::packed_b_size(d, vocab_tile) : 0);
   for (int64_t v0 = 0; v0 < V; v0 += vocab_tile) {
     const int64_t width = std::min(vocab_tile, V - v0), we = width + (width & 1);
     constexpr int64_t P = fusedlens::kPackPanel;

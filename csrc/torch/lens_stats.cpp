@@ -10,6 +10,7 @@
 #include <limits>
 #include <vector>
 
+#include "../core/aligned.h"
 #include "../core/bf16_gemm.h"
 #include "../core/f32_gemm.h"
 #include "../core/gather_dot.h"
@@ -17,6 +18,7 @@
 
 namespace {
 
+using fusedlens::AlignedVector;
 using fusedlens::bf16;
 using fusedlens::RowQuery;
 using fusedlens::RowState;
@@ -36,9 +38,9 @@ struct Sweep {
 // One group of tokens: rows A [sites * tokens, d] site-major (the last site's rows
 // are the final layer), their running states and queries.
 struct Group {
-  torch::Tensor a;          // float32 rows (float32 sweep)
-  std::vector<bf16> a16;    // the same rows as bf16, even row length (bf16 sweep)
-  std::vector<float> a32;   // the same rows packed for the f32 tile kernel
+  torch::Tensor a;          // float32 rows [sites, tokens, d] (a view until the sweep copies and packs it)
+  AlignedVector<bf16> a16;  // the same rows as bf16, even row length (bf16 sweep)
+  AlignedVector<float> a32; // the same rows packed for the f32 tile kernel
   int64_t sites, tokens;
   RowState* st;
   const RowQuery* q;
@@ -46,73 +48,97 @@ struct Group {
   float* pf_total;
 };
 
-// Fold every vocab tile into the states of each group's rows. A tile of W_U is
-// packed once and used by all groups; logits exist one [rows x tile] block at a time.
+// Fold every vocab tile into the states of each group's rows. The loop over tiles is the
+// outer one: each W_U tile is packed once, by all threads together (panels are
+// independent), and then serves every group on every thread; logits exist one
+// [rows x tile] block per thread at a time. (Packing per thread and unit of groups cost
+// 2 % of a 31-site sweep, and a fifth of a one-site sweep of 512 tokens.)
 void sweep(const Sweep& sw, std::vector<Group>& groups) {
   const int64_t V = sw.w.size(0), d = sw.w.size(1), k_pad = d + (d & 1);
+  const int64_t n_groups = static_cast<int64_t>(groups.size());
   int64_t max_rows = 0;
   for (auto& g : groups) {
     const int64_t rows = g.sites * g.tokens;
     max_rows = std::max(max_rows, sw.own_f32() ? fusedlens::f32_rows_padded(rows) : rows);
-    if (sw.bf16() && g.a16.empty()) {
-      g.a16.resize(rows * k_pad);
-      fusedlens::round_rows_bf16(g.a.data_ptr<float>(), d, rows, d, g.a16.data());
-    }
-    if (sw.own_f32() && g.a32.empty()) {
-      g.a32.resize(fusedlens::f32_rows_padded(rows) * d);
-      fusedlens::f32_pack_a(g.a.data_ptr<float>(), d, rows, d, g.a32.data());
-    }
-    if (sw.bf16() || sw.own_f32()) g.a = torch::Tensor();  // packed: the float32 copy is no longer read
   }
+  at::parallel_for(0, n_groups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t gi = g0; gi < g1; ++gi) {
+      Group& g = groups[gi];
+      const int64_t rows = g.sites * g.tokens;
+      g.a = g.a.reshape({rows, d}).contiguous();  // this group's rows, site-major: a copy made here, per group
+      if (sw.bf16()) {
+        g.a16.resize(rows * k_pad);
+        fusedlens::round_rows_bf16(g.a.data_ptr<float>(), d, rows, d, g.a16.data());
+      } else if (sw.own_f32()) {
+        g.a32.resize(fusedlens::f32_rows_padded(rows) * d);
+        fusedlens::f32_pack_a(g.a.data_ptr<float>(), d, rows, d, g.a32.data());
+      }
+      if (sw.bf16() || sw.own_f32()) g.a = torch::Tensor();  // packed: the float32 copy is no longer read
+    }
+  });
   const int64_t ld_max = sw.own_f32() ? fusedlens::f32_cols_padded(sw.vocab_tile) : (sw.vocab_tile + 31) / 32 * 32;
-  std::vector<float> tile(max_rows * ld_max), pf(sw.vocab_tile);
-  // W_U's tile is packed once here and serves every group (a BLAS call would re-pack it).
-  std::vector<uint32_t> packed(sw.bf16() ? fusedlens::packed_b_size(sw.vocab_tile, d) : 0);
-  std::vector<float> packed32(sw.own_f32() ? fusedlens::f32_cols_padded(sw.vocab_tile) * d : 0);
+  struct Scratch {
+    AlignedVector<float> tile;
+    std::vector<float> pf;
+  };
+  std::vector<Scratch> scratch(at::get_num_threads());
+  AlignedVector<uint32_t> packed(sw.bf16() ? fusedlens::packed_b_size(sw.vocab_tile, d) : 0);
+  AlignedVector<float> packed32(sw.own_f32() ? fusedlens::f32_cols_padded(sw.vocab_tile) * d : 0);
   const auto* w16 = sw.bf16() ? reinterpret_cast<const bf16*>(sw.w.data_ptr()) : nullptr;
+  const int64_t panel = sw.bf16() ? fusedlens::kPackPanel : sw.own_f32() ? fusedlens::f32_gemm_kernel().nr : 1;
   for (int64_t v0 = 0; v0 < V; v0 += sw.vocab_tile) {
     const int64_t width = std::min(sw.vocab_tile, V - v0);
     const int64_t ld = sw.bf16() ? (width + 31) / 32 * 32 : sw.own_f32() ? fusedlens::f32_cols_padded(width) : width;
-    if (sw.bf16()) fusedlens::pack_b(w16 + v0 * d, d, width, d, packed.data());
-    if (sw.own_f32()) fusedlens::f32_pack_b(sw.w.data_ptr<float>() + v0 * d, d, width, d, packed32.data());
-    for (auto& g : groups) {
-      const int64_t rows = g.sites * g.tokens;
-      if (sw.bf16()) {
-        fusedlens::gemm_bf16(g.a16.data(), k_pad, rows, d, packed.data(), width, tile.data(), ld);
-      } else if (sw.own_f32()) {
-        fusedlens::f32_gemm(g.a32.data(), rows, d, packed32.data(), width, tile.data(), ld);
-      } else {
-        auto out = torch::from_blob(tile.data(), {rows, width}, g.a.options());
-        at::mm_out(out, g.a, sw.w.narrow(0, v0, width).t());
+    if (sw.bf16() || sw.own_f32()) {
+      // whole panels per task, a few tasks per thread
+      const int64_t panels = (width + panel - 1) / panel;
+      const int64_t per_task = std::max<int64_t>(1, panels / (4 * at::get_num_threads()));
+      at::parallel_for(0, (panels + per_task - 1) / per_task, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t j0 = t * per_task * panel, cols = std::min(per_task * panel, width - j0);
+          if (cols <= 0) continue;
+          if (sw.bf16())
+            fusedlens::pack_b(w16 + (v0 + j0) * d, d, cols, d, packed.data() + j0 * (k_pad / 2));
+          else
+            fusedlens::f32_pack_b(sw.w.data_ptr<float>() + (v0 + j0) * d, d, cols, d, packed32.data() + j0 * d);
+        }
+      });
+    }
+    at::parallel_for(0, n_groups, 1, [&](int64_t g0, int64_t g1) {
+      Scratch& sc = scratch[at::get_thread_num()];
+      if (sc.tile.empty()) {
+        sc.tile.resize(max_rows * ld_max);
+        sc.pf.resize(sw.vocab_tile);
       }
-      for (int64_t r = 0; r < rows; ++r)
-        fusedlens::bias_and_cap(tile.data() + r * ld, sw.bias ? sw.bias + v0 : nullptr, sw.cap, width);
-      for (int64_t j = 0; j < g.tokens; ++j) {
-        const float* zf = tile.data() + ((g.sites - 1) * g.tokens + j) * ld;
-        if (g.lse_final) g.pf_total[j] += fusedlens::final_probs(zf, g.lse_final[j], pf.data(), width);
-        for (int64_t s = 0; s < g.sites; ++s) {
-          const int64_t r = s * g.tokens + j;
-          fusedlens::fold_tile(g.st[r], g.q[r], tile.data() + r * ld, v0, width,
-                               g.lse_final ? pf.data() : nullptr, zf);
+      float* tile = sc.tile.data();
+      for (int64_t gi = g0; gi < g1; ++gi) {
+        Group& g = groups[gi];
+        const int64_t rows = g.sites * g.tokens;
+        if (sw.bf16()) {
+          fusedlens::gemm_bf16(g.a16.data(), k_pad, rows, d, packed.data(), width, tile, ld);
+        } else if (sw.own_f32()) {
+          fusedlens::f32_gemm(g.a32.data(), rows, d, packed32.data(), width, tile, ld);
+        } else {
+          auto out = torch::from_blob(tile, {rows, width}, g.a.options());
+          at::mm_out(out, g.a, sw.w.narrow(0, v0, width).t());
+        }
+        for (int64_t r = 0; r < rows; ++r)
+          fusedlens::bias_and_cap(tile + r * ld, sw.bias ? sw.bias + v0 : nullptr, sw.cap, width);
+        for (int64_t j = 0; j < g.tokens; ++j) {
+          const float* zf = tile + ((g.sites - 1) * g.tokens + j) * ld;
+          if (g.lse_final) g.pf_total[j] += fusedlens::final_probs(zf, g.lse_final[j], sc.pf.data(), width);
+          for (int64_t s = 0; s < g.sites; ++s) {
+            const int64_t r = s * g.tokens + j;
+            fusedlens::fold_tile(g.st[r], g.q[r], tile + r * ld, v0, width, g.lse_final ? sc.pf.data() : nullptr,
+                                 zf);
+          }
         }
       }
-    }
+    });
   }
 }
 
 float capped(float z, float cap) { return cap > 0.f ? cap * std::tanh(z / cap) : z; }
-
-// Groups of group_tokens tokens go to threads in units of up to 4 groups, so that a
-// packed bf16 tile serves several GEMMs, while every thread still gets a few units.
-template <typename Fn>
-void for_each_unit(int64_t T, int64_t group_tokens, Fn&& fn) {
-  const int64_t groups = (T + group_tokens - 1) / group_tokens;
-  const int64_t per_unit = std::clamp<int64_t>(groups / (2 * at::get_num_threads()), 1, 16);
-  const int64_t unit = group_tokens * per_unit;
-  at::parallel_for(0, (T + unit - 1) / unit, 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) fn(u * unit, std::min(unit, T - u * unit));
-  });
-}
 
 // Each row's logit at ids[r] (< 0: NaN), plus the bias: the rank thresholds.
 std::vector<float> logits_at(const Sweep& sw, const torch::Tensor& xn, const std::vector<int64_t>& ids) {
@@ -157,7 +183,11 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
   torch::Tensor bias;
   if (bias_in.has_value()) bias = bias_in->to(torch::kFloat32).contiguous();
   const float cap = softcap > 0 ? static_cast<float>(softcap) : 0.f;
-  const Sweep sw{w, bias.defined() ? bias.data_ptr<float>() : nullptr, cap, std::max<int64_t>(32, vocab_tile)};
+  Sweep sw{w, bias.defined() ? bias.data_ptr<float>() : nullptr, cap, std::max<int64_t>(32, vocab_tile)};
+  if (sw.own_f32()) {  // whole register-tile panels (AVX-512: 48 columns, so 1,024 becomes 1,008)
+    const int64_t nr = fusedlens::f32_gemm_kernel().nr;
+    sw.vocab_tile = std::max(nr, vocab_tile / nr * nr);
+  }
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const int64_t* tgt = targets.data_ptr<int64_t>();
 
@@ -172,22 +202,21 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
   const int64_t threads = at::get_num_threads(), rows_wanted = std::max<int64_t>(token_block * S, 16);
   const int64_t p1_groups = threads * std::max<int64_t>(1, (T + threads * rows_wanted / 2) / (threads * rows_wanted));
   const int64_t p1_tokens = std::max<int64_t>(1, (T + p1_groups - 1) / p1_groups);
-  if (!one_site) for_each_unit(T, p1_tokens, [&](int64_t t0, int64_t n) {
-    std::vector<RowState> st(n);
-    std::vector<RowQuery> q(n, RowQuery{-1, nan, -1, nan});
+  if (!one_site) {
+    std::vector<RowState> st(T);
+    std::vector<RowQuery> q(T, RowQuery{-1, nan, -1, nan});
     for (auto& s : st) s.reset(1);
     std::vector<Group> groups;
-    for (int64_t g0 = 0; g0 < n; g0 += p1_tokens) {
-      const int64_t m = std::min(p1_tokens, n - g0);
-      groups.push_back(Group{final_rows.narrow(0, t0 + g0, m), {}, {}, 1, m, st.data() + g0, q.data() + g0, nullptr,
-                             nullptr});
+    for (int64_t t0 = 0; t0 < T; t0 += p1_tokens) {
+      const int64_t m = std::min(p1_tokens, T - t0);
+      groups.push_back(Group{final_rows.narrow(0, t0, m), {}, {}, 1, m, st.data() + t0, q.data() + t0, nullptr, nullptr});
     }
     sweep(sw, groups);
-    for (int64_t j = 0; j < n; ++j) {
-      lse_final[t0 + j] = st[j].lse();
-      top1_final[t0 + j] = st[j].top_id[0];
+    for (int64_t t = 0; t < T; ++t) {
+      lse_final[t] = st[t].lse();
+      top1_final[t] = st[t].top_id[0];
     }
-  });
+  }
 
   std::vector<int64_t> ids_t(S * T), ids_f(S * T);
   for (int64_t s = 0; s < S; ++s)
@@ -206,34 +235,32 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
   auto topk_logits = torch::empty({S, T, k}, f32);
 
   // Phase 2: all sites of a token group together, so the final row shares each tile.
-  for_each_unit(T, token_block, [&](int64_t t0, int64_t n) {
-    std::vector<RowState> st(S * n);
-    std::vector<RowQuery> q(S * n);
-    std::vector<float> pf_total(n, 0.f);
-    std::vector<Group> groups;
-    std::vector<int64_t> starts;
-    for (int64_t g0 = 0; g0 < n; g0 += token_block) {
-      starts.push_back(g0);
-      const int64_t m = std::min(token_block, n - g0);
-      RowState* gst = st.data() + S * g0;
-      RowQuery* gq = q.data() + S * g0;
-      for (int64_t s = 0; s < S; ++s)
-        for (int64_t j = 0; j < m; ++j) {
-          const int64_t g = s * T + t0 + g0 + j;
-          gst[s * m + j].reset(static_cast<int>(k));
-          gq[s * m + j] = RowQuery{ids_t[g], capped(z_t[g], cap), ids_f[g], capped(z_f[g], cap)};
-        }
-      groups.push_back(Group{xn.narrow(1, t0 + g0, m).reshape({S * m, d}).contiguous(), {}, {}, S, m, gst, gq,
-                             one_site ? nullptr : lse_final.data() + t0 + g0, pf_total.data() + g0});
-    }
-    sweep(sw, groups);
-    for (size_t gi = 0; gi < groups.size(); ++gi) {
+  std::vector<RowState> st(S * T);
+  std::vector<RowQuery> q(S * T);
+  std::vector<float> pf_total(T, 0.f);
+  std::vector<Group> groups;
+  for (int64_t t0 = 0; t0 < T; t0 += token_block) {
+    const int64_t m = std::min(token_block, T - t0);
+    RowState* gst = st.data() + S * t0;
+    RowQuery* gq = q.data() + S * t0;
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t g = s * T + t0 + j;
+        gst[s * m + j].reset(static_cast<int>(k));
+        gq[s * m + j] = RowQuery{ids_t[g], capped(z_t[g], cap), ids_f[g], capped(z_f[g], cap)};
+      }
+    groups.push_back(Group{xn.narrow(1, t0, m), {}, {}, S, m, gst, gq, one_site ? nullptr : lse_final.data() + t0,
+                           pf_total.data() + t0});
+  }
+  sweep(sw, groups);
+  at::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t gi = g0; gi < g1; ++gi) {
       const Group& grp = groups[gi];
-      const int64_t m = grp.tokens, first = starts[gi];
+      const int64_t m = grp.tokens, first = gi * token_block;
       for (int64_t s = 0; s < S; ++s)
         for (int64_t j = 0; j < m; ++j) {
           const RowState& r = grp.st[s * m + j];
-          const int64_t g = s * T + t0 + first + j;
+          const int64_t g = s * T + first + j;
           const float l = r.lse();
           lse.data_ptr<float>()[g] = l;
           entropy.data_ptr<float>()[g] = r.entropy();

@@ -1,6 +1,7 @@
-// exp(x) for x <= 0 as every ISA variant computes it: round-to-nearest range reduction
-// by ln 2 (split in two parts), Taylor to degree 7 on |r| <= ln2/2 (truncation < 6e-9
-// relative), exp(x < -87) flushed to 0. The vector versions use the same constants.
+// exp(x) for x <= 64 as every ISA variant computes it (x <= 0 in a softmax against its
+// max; the one-pass tile sums go up to 64 above their shift): round-to-nearest range
+// reduction by ln 2 (split in two parts), Taylor to degree 7 on |r| <= ln2/2 (truncation
+// < 6e-9 relative), exp(x < -87) flushed to 0. The vector versions use the same constants.
 #pragma once
 #include <cmath>
 #include <cstdint>

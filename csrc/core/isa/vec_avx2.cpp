@@ -67,14 +67,16 @@ float exp_shifted(const float* z, float shift, float* p, int64_t width) {
 }
 
 void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const float* p_final, const float* z_final,
-               float* s_out, float* u_out, float* kl_out, int64_t* above_t, int64_t* above_f) {
-  __m256 s = _mm256_setzero_ps(), u = s, kl = s;
+               float* s_out, float* u_out, float* kl_out, int64_t* above_t, int64_t* above_f, float* top_out) {
+  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 s = _mm256_setzero_ps(), u = s, kl = s, top = ninf;
   const __m256 mv = _mm256_set1_ps(m), tv = _mm256_set1_ps(zt), fv = _mm256_set1_ps(zf);
-  int64_t ct = 0, cf = 0;
+  __m256i ct = _mm256_setzero_si256(), cf = ct;  // minus the all-ones compare masks: counts per lane
   for (int64_t i = 0; i < width; i += 8) {
     const __m256i ki = width - i >= 8 ? _mm256_set1_epi32(-1) : tail_mask(width - i);
     const __m256 k = _mm256_castsi256_ps(ki);
     const __m256 zi = _mm256_maskload_ps(z + i, ki);
+    top = _mm256_max_ps(top, _mm256_blendv_ps(ninf, zi, k));
     const __m256 d = _mm256_sub_ps(zi, mv);
     const __m256 e = _mm256_and_ps(exp_nonpos8(d), k);
     s = _mm256_add_ps(s, e);
@@ -83,10 +85,15 @@ void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const
       const __m256 gap = _mm256_sub_ps(_mm256_maskload_ps(z_final + i, ki), zi);
       kl = _mm256_fmadd_ps(_mm256_maskload_ps(p_final + i, ki), gap, kl);
     }
-    ct += __builtin_popcount(_mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(zi, tv, _CMP_GT_OQ), k)));
-    cf += __builtin_popcount(_mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(zi, fv, _CMP_GT_OQ), k)));
+    ct = _mm256_sub_epi32(ct, _mm256_castps_si256(_mm256_and_ps(_mm256_cmp_ps(zi, tv, _CMP_GT_OQ), k)));
+    cf = _mm256_sub_epi32(cf, _mm256_castps_si256(_mm256_and_ps(_mm256_cmp_ps(zi, fv, _CMP_GT_OQ), k)));
   }
-  *s_out = hsum(s), *u_out = hsum(u), *kl_out = hsum(kl), *above_t = ct, *above_f = cf;
+  *s_out = hsum(s), *u_out = hsum(u), *kl_out = hsum(kl), *top_out = hmax(top);
+  alignas(32) int32_t c[16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(c), ct);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(c + 8), cf);
+  *above_t = int64_t{c[0]} + c[1] + c[2] + c[3] + c[4] + c[5] + c[6] + c[7];
+  *above_f = int64_t{c[8]} + c[9] + c[10] + c[11] + c[12] + c[13] + c[14] + c[15];
 }
 
 // 8 at a time; only a block with a position above the threshold is looked at closer.

@@ -45,13 +45,16 @@ float exp_shifted(const float* z, float shift, float* p, int64_t width) {
 }
 
 void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const float* p_final, const float* z_final,
-               float* s_out, float* u_out, float* kl_out, int64_t* above_t, int64_t* above_f) {
-  __m512 s = _mm512_setzero_ps(), u = s, kl = s;
+               float* s_out, float* u_out, float* kl_out, int64_t* above_t, int64_t* above_f, float* top_out) {
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 s = _mm512_setzero_ps(), u = s, kl = s, top = ninf;
   const __m512 mv = _mm512_set1_ps(m), tv = _mm512_set1_ps(zt), fv = _mm512_set1_ps(zf);
-  int64_t ct = 0, cf = 0;
+  __m512i ct = _mm512_setzero_si512(), cf = ct;
+  const __m512i one = _mm512_set1_epi32(1);
   for (int64_t i = 0; i < width; i += 16) {
     const __mmask16 k = lanes(width - i);
     const __m512 zi = _mm512_maskz_loadu_ps(k, z + i);
+    top = _mm512_mask_max_ps(top, k, top, zi);
     const __m512 d = _mm512_sub_ps(zi, mv);
     const __m512 e = exp_nonpos16(d);
     s = _mm512_mask_add_ps(s, k, s, e);
@@ -60,11 +63,12 @@ void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const
       const __m512 gap = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, z_final + i), zi);
       kl = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, p_final + i), gap, kl);
     }
-    ct += __builtin_popcount(_mm512_mask_cmp_ps_mask(k, zi, tv, _CMP_GT_OQ));
-    cf += __builtin_popcount(_mm512_mask_cmp_ps_mask(k, zi, fv, _CMP_GT_OQ));
+    ct = _mm512_mask_add_epi32(ct, _mm512_mask_cmp_ps_mask(k, zi, tv, _CMP_GT_OQ), ct, one);
+    cf = _mm512_mask_add_epi32(cf, _mm512_mask_cmp_ps_mask(k, zi, fv, _CMP_GT_OQ), cf, one);
   }
   *s_out = _mm512_reduce_add_ps(s), *u_out = _mm512_reduce_add_ps(u), *kl_out = _mm512_reduce_add_ps(kl);
-  *above_t = ct, *above_f = cf;
+  *above_t = _mm512_reduce_add_epi32(ct), *above_f = _mm512_reduce_add_epi32(cf);
+  *top_out = _mm512_reduce_max_ps(top);
 }
 
 // 16 at a time, the positions above the threshold compressed into idx.

@@ -28,11 +28,12 @@ float exp_shifted(const float* z, float shift, float* p, int64_t width) {
 
 // Two loops, so that neither has a branch: both vectorise with the baseline's SSE2.
 void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const float* p_final, const float* z_final,
-               float* s_out, float* u_out, float* kl_out, int64_t* above_t, int64_t* above_f) {
-  float s = 0.f, u = 0.f, kl = 0.f;
+               float* s_out, float* u_out, float* kl_out, int64_t* above_t, int64_t* above_f, float* top_out) {
+  float s = 0.f, u = 0.f, kl = 0.f, top = -std::numeric_limits<float>::infinity();
   int32_t ct = 0, cf = 0;  // a tile is far shorter than 2^31
-#pragma omp simd reduction(+ : s, u, ct, cf)
+#pragma omp simd reduction(+ : s, u, ct, cf) reduction(max : top)
   for (int64_t i = 0; i < width; ++i) {
+    top = z[i] > top ? z[i] : top;
     const float d = z[i] - m;
     const float e = exp_nonpos_scalar(d);
     s += e;
@@ -44,7 +45,7 @@ void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const
 #pragma omp simd reduction(+ : kl)
     for (int64_t i = 0; i < width; ++i) kl += p_final[i] * (z_final[i] - z[i]);
   }
-  *s_out = s, *u_out = u, *kl_out = kl, *above_t = ct, *above_f = cf;
+  *s_out = s, *u_out = u, *kl_out = kl, *above_t = ct, *above_f = cf, *top_out = top;
 }
 
 int64_t above(const float* z, int64_t width, float threshold, int32_t* idx) {
