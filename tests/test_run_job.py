@@ -65,8 +65,9 @@ def _layers(out):
 
 def test_kill_and_resume_gives_the_uninterrupted_totals(model_dir, corpus_file, tmp_path):
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
-    subprocess.run(_cli(model_dir, corpus_file, whole, "--records"), check=True, capture_output=True)
-    proc = subprocess.Popen(_cli(model_dir, corpus_file, killed, "--records"), stdout=subprocess.DEVNULL,
+    probes = ("--probe", "logit", "--lag", "0", "--lag", "-1")  # the probe sums, one state per row pattern
+    subprocess.run(_cli(model_dir, corpus_file, whole, "--records", *probes), check=True, capture_output=True)
+    proc = subprocess.Popen(_cli(model_dir, corpus_file, killed, "--records", *probes), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     ckpt = os.path.join(killed, "checkpoint", "rank0.pt")
     deadline = time.time() + 120
@@ -77,50 +78,58 @@ def test_kill_and_resume_gives_the_uninterrupted_totals(model_dir, corpus_file, 
     proc.wait()
     state = torch.load(ckpt, weights_only=False)
     assert not state["done"] and state["next_sequence"] > 0  # really killed mid-way
-    subprocess.run(_cli(model_dir, corpus_file, killed, "--records"), check=True, capture_output=True)
+    subprocess.run(_cli(model_dir, corpus_file, killed, "--records", *probes), check=True, capture_output=True)
     assert _layers(killed) == _layers(whole)
+    assert "probe_logit@lag-1_r2_heldout" in _layers(whole)[0]
     a, b = read_records(os.path.join(whole, "records")), read_records(os.path.join(killed, "records"))
     assert a.num_rows == b.num_rows and a.column("kl_to_final").equals(b.column("kl_to_final"))
 
 
 def test_two_processes_equal_one(model_dir, corpus_file, tmp_path):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    subprocess.run(_cli(model_dir, corpus_file, one), check=True, capture_output=True)
-    cmd = _cli(model_dir, corpus_file, two)
+    probes = ("--probe", "logit", "--lag", "0", "--lag", "-1")  # all-reduced sums, one state per row pattern
+    subprocess.run(_cli(model_dir, corpus_file, one, *probes), check=True, capture_output=True)
+    cmd = _cli(model_dir, corpus_file, two, *probes)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
     done = subprocess.run(torchrun + cmd[1:], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     with open(os.path.join(two, "summary.json")) as f:
         assert json.load(f)["processes"] == 2
+    assert isinstance(_layers(one)[0]["probe_logit@lag-1_r2_heldout"], float)
     for a, b in zip(_layers(one), _layers(two)):
         for key, value in a.items():
             assert b[key] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-5, abs=1e-7)), key
 
 
 def test_run_probes_match_accumulators_built_by_hand(lm, corpus_file, tmp_path):
+    """Lag 0 and lag −1 (seed 000: x_t against the logit position t−1 gave token t), each against its own
+    accumulators filled by hand with the shifted design."""
     from fusedlens import ops
     from fusedlens.core.capture import capture_residuals
     from fusedlens.probe.accumulator import RidgeAccumulator
     from fusedlens.probe.solve import cross_validate
 
     summary = run(RunConfig(corpus=[corpus_file], out=str(tmp_path), seq_len=64, batch_size=4, max_tokens=64 * 24,
-                            probes=["logit"], progress=False), lm=lm)
+                            probes=["logit"], probe_lags=[0, -1], progress=False), lm=lm)
     seqs = list(iter_sequences(lm.tokenizer, [corpus_file], 64, stop=24))
-    accs = [RidgeAccumulator(len(summary["sites"]), lm.d_model, 1) for _ in range(6)]
+    accs = {lag: [RidgeAccumulator(len(summary["sites"]), lm.d_model, 1) for _ in range(6)] for lag in (0, -1)}
     for s in seqs:
         res = capture_residuals(lm, s.ids[None])
         has = res.targets >= 0
         y = ops.target_logit(lm.norm(res.hidden[-1][has]), lm.unembed.weight, res.targets[has], lm.unembed.bias)
-        accs[s.index % 6].update(res.hidden[:, has], y)
-    want = cross_validate(accs[:5], accs[5])
-    for row, fits in zip(summary["layers"], want):
-        assert row["probe_logit_r2_heldout"] == pytest.approx(fits[0]["r2_heldout"], rel=1e-5, abs=1e-6)
-        assert row["probe_logit_alpha"] == fits[0]["alpha"]
-        assert row["probe_logit_n_train"] == fits[0]["n_train"] > 0
+        accs[0][s.index % 6].update(res.hidden[:, has], y)
+        n = int(has.sum())  # rows 1..n: the logit row t-1 gave; row n (the last token) has it too
+        accs[-1][s.index % 6].update(res.hidden[:, 1:n + 1], y)
+    for lag in (0, -1):
+        want = cross_validate(accs[lag][:5], accs[lag][5])
+        for row, fits in zip(summary["layers"], want):
+            assert row[f"probe_logit@lag{lag}_r2_heldout"] == pytest.approx(fits[0]["r2_heldout"], rel=1e-5, abs=1e-6)
+            assert row[f"probe_logit@lag{lag}_alpha"] == fits[0]["alpha"]
+            assert row[f"probe_logit@lag{lag}_n_train"] == fits[0]["n_train"] > 0
     from fusedlens.report import format_table
 
     header = format_table(summary["layers"]).splitlines()[0]
-    assert "probe_logit_r2_heldout" in header
+    assert "probe_logit@lag-1_r2_heldout" in header
 
 
 def test_run_with_a_tuned_lens(lm, corpus_file, tmp_path):

@@ -9,7 +9,8 @@ from ..core.config import BACKEND_HELP, ModelOptions, option, out_default
 from ..probe.targets import TARGETS
 from .config import add_arguments, from_args
 
-HELP = "per-layer ridge probes of the final output (correct-token logit, ...): held-out R² table, JSON and PNG"
+HELP = ("per-layer ridge probes of the final output (correct-token logit, ...) at any lag, and of your own "
+        "targets and classes: held-out R² / accuracy table, JSON and PNG")
 
 
 @dataclass(kw_only=True)
@@ -20,7 +21,14 @@ class ProbeConfig(ModelOptions):
     folds: int = option(5, "folds of the penalty's cross-validation")
     targets: str = option(",".join(TARGETS), f"comma-separated, from {','.join(TARGETS)} (the first one gets the "
                                              "full table)")
+    lags: list[int] = option([0], "lag K (repeatable): x_t is probed for the target of position t+K of its "
+                                   "sequence; -1 is seed 000 as written", flag="--lag")
     text: str | None = option(None, "a UTF-8 text file as corpus (default: pydoc_data.topics)")
+    targets_file: str | None = option(None, "per-token targets of your own with their texts: JSONL "
+                                            "({text, targets|spans|label} per line) or Parquet (with --texts)")
+    texts: str | None = option(None, "the texts of a Parquet targets file: JSONL, one {\"text\"} per line")
+    positions: str | None = option(None, "rows kept per sequence: 0, -1 (last), 5- (5 on), 2-10, or a comma list")
+    where: str | None = option(None, "keep only rows where this target of the targets file has a value")
     backend: str | None = option(None, BACKEND_HELP, choices=BACKENDS)
     out: str = option(out_default("probe"), "output folder")
     progress: bool = option(True, "no progress bar", deprecated=("--quiet",))
@@ -29,19 +37,24 @@ class ProbeConfig(ModelOptions):
 def main(args) -> int:
     from ..data.corpus import read_text
     from ..probe.fit import probe
+    from ..probe.user_targets import read_target_file
     from ..report.probe import format_number, format_probe_table, write_probe_outputs
 
     cfg = from_args(ProbeConfig, args)
     check_output_dir("out", cfg.out)
     targets = [t.strip() for t in cfg.targets.split(",") if t.strip()]
+    if cfg.text and cfg.targets_file:
+        raise ValueError("text: a targets file brings its own texts; give --text or --targets-file")
     corpus = read_text(cfg.text) if cfg.text else None
     lm = cfg.load()
+    user = read_target_file(cfg.targets_file, lm.tokenizer, texts=cfg.texts) if cfg.targets_file else None
     result = probe(lm, corpus, train_tokens=cfg.train_tokens, heldout_tokens=cfg.heldout_tokens, seq_len=cfg.seq_len,
-                   targets=targets, folds=cfg.folds, backend=cfg.backend, progress=cfg.progress)
+                   targets=targets, user_targets=user, lags=cfg.lags, positions=cfg.positions, where=cfg.where,
+                   folds=cfg.folds, backend=cfg.backend, progress=cfg.progress)
     print(format_probe_table(result))
-    claim = result.claim()
-    print(f"\nclaim: {claim['statement']}: {'holds' if claim['holds'] else 'does not hold'} "
-          f"(min held-out R² {format_number(claim['min_r2_heldout'], '.4f')})")
+    for claim in result.claims():
+        print(f"\nclaim: {claim['statement']}: {'holds' if claim['holds'] else 'does not hold'} "
+              f"(min held-out R² {format_number(claim['min_r2_heldout'], '.4f')})")
     t = result.meta["timing"]
     print(f"time: forward {t['forward_s']:.1f}s, targets {t['targets_s']:.1f}s, accumulate {t['accumulate_s']:.1f}s, "
           f"solve {t['solve_s']:.1f}s, total {t['total_s']:.1f}s")

@@ -22,6 +22,7 @@ R² = 1 − SSE / Σ(y'−ȳ')² (the held-out mean, as sklearn's r2_score).
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -49,6 +50,17 @@ def _one_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def map_sites(fn, n_sites: int) -> list:
+    """[fn(s) for s in range(n_sites)], sites spread over the cores: each eigh runs on one
+    thread (see _one_thread) and releases the GIL, so the sites' solves run side by side."""
+    workers = min(n_sites, torch.get_num_threads())
+    with _one_thread():
+        if workers <= 1:
+            return [fn(s) for s in range(n_sites)]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(fn, range(n_sites)))
 
 
 @dataclass
@@ -110,6 +122,13 @@ def r2(sse: torch.Tensor, sst: torch.Tensor) -> torch.Tensor:
     return 1.0 - sse / sst
 
 
+def check_alphas(alphas) -> torch.Tensor:
+    alphas = torch.as_tensor(alphas, dtype=torch.float64)
+    if alphas.dim() != 1 or alphas.numel() == 0 or bool((alphas < 0).any()) or not bool(alphas.isfinite().all()):
+        raise ValueError(f"alphas: expected a non-empty list of finite penalties >= 0, got {alphas.tolist()}")
+    return alphas
+
+
 def _check_folds(folds, test):
     if not isinstance(folds, (list, tuple)) or not folds:
         raise ValueError("folds: expected a non-empty list of RidgeAccumulator")
@@ -129,27 +148,35 @@ def cross_validate(folds: list[RidgeAccumulator], test: RidgeAccumulator | None 
     r2_heldout (None without test), alpha, lam (λ of the full fit), rank, n_train, n_heldout.
     """
     _check_folds(folds, test)
-    alphas = torch.as_tensor(alphas, dtype=torch.float64)
-    if alphas.dim() != 1 or alphas.numel() == 0 or bool((alphas < 0).any()) or not bool(alphas.isfinite().all()):
-        raise ValueError(f"alphas: expected a non-empty list of finite penalties >= 0, got {alphas.tolist()}")
+    alphas = check_alphas(alphas)
     rcond = default_rcond(max(a.roundoff for a in folds)) if rcond is None else rcond
-    with _one_thread():
-        return [_cross_validate_site(s, folds, test, alphas, rcond) for s in range(folds[0].n_sites)]
+    return map_sites(lambda s: _cross_validate_site(s, folds, test, alphas, rcond), folds[0].n_sites)
 
 
 def _cross_validate_site(s, folds, test, alphas, rcond) -> list[dict]:
-    parts = [acc.moments(s) for acc in folds]
+    held = test.moments(s) if test is not None and test.n > 0 else None
+    return cross_validate_parts([acc.moments(s) for acc in folds], held, alphas, rcond)
+
+
+def cross_validate_parts(parts: list[Moments], held: Moments | None, alphas, rcond: float,
+                         shared: list[list[int]] = ()) -> list[dict]:
+    """One site: α per target column chosen by k-fold validation over `parts` (the folds' moments),
+    the refit on all of them, R² on `held`. Columns listed together in `shared` get one α, the one
+    with the least summed validation SSE (a class's one-hot columns). Run it under map_sites (one
+    thread per eigh)."""
+    alphas = torch.as_tensor(alphas, dtype=torch.float64)
     sse_val, sst_val = 0.0, 0.0
-    for f, held in enumerate(parts):
+    for f, part in enumerate(parts):
         fit = SiteFit.fit(_pool(parts[:f] + parts[f + 1:]), rcond)
-        sse_val = sse_val + fit.sse(held, alphas * fit.scale)
-        sst_val = sst_val + held.yy
+        sse_val = sse_val + fit.sse(part, alphas * fit.scale)
+        sst_val = sst_val + part.yy
     r2_val = r2(sse_val, sst_val)  # [L, m]
     best = r2_val.nan_to_num(nan=-torch.inf).argmax(0)  # [m]
+    for cols in shared:
+        best[cols] = int(sse_val[:, cols].sum(1).argmin())
     full = SiteFit.fit(_pool(parts), rcond)
     lams = alphas * full.scale
     r2_train = r2(full.train_sse(lams), full.train.yy)
-    held = test.moments(s) if test is not None and test.n > 0 else None
     r2_test = None if held is None else r2(full.sse(held, lams), held.yy)
     return [{"r2_train": float(r2_train[b, j]), "r2_val": float(r2_val[b, j]),
              "r2_heldout": None if r2_test is None else float(r2_test[b, j]),
@@ -163,6 +190,14 @@ def _pool(parts: list[Moments]) -> Moments:
     for p in parts[1:]:
         total = total + p
     return total
+
+
+def weights_at(train: Moments, alpha: float, rcond: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One site's ridge weights w [d, m], b [m] at relative penalty α."""
+    with _one_thread():
+        fit = SiteFit.fit(train, rcond)
+        w, b = fit.weights(torch.tensor([alpha * fit.scale], dtype=torch.float64))
+    return w[0], b[0]
 
 
 def fit_weights(train: RidgeAccumulator, alpha: float, rcond: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:

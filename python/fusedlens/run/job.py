@@ -45,6 +45,8 @@ class RunConfig(ModelOptions):
     tuned: str | None = option(None, "decode through a tuned-lens checkpoint folder instead of the logit lens")
     probes: list[str] = option([], "ridge probe target (repeatable): logit (of the correct next token), logprob, "
                                    "entropy, loss", flag="--probe")
+    probe_lags: list[int] = option([0], "lag K of the probes (repeatable): x_t against the target of position t+K "
+                                        "of its sequence; -1 is seed 000 as written", flag="--lag")
     k: int = option(5, "top-k kept per token and site")
     dtype: str = option("float32", "model dtype", choices=("float32", "bfloat16", "float16"))
     backend: str | None = option(None, BACKEND_HELP, choices=BACKENDS)
@@ -202,4 +204,4 @@ def _probes(cfg: RunConfig, lm, sites):
         return None
     from .probes import CorpusProbes
 
-    return CorpusProbes(lm, sites, cfg.probes)
+    return CorpusProbes(lm, sites, cfg.probes, cfg.probe_lags)
