@@ -17,7 +17,9 @@ here = os.path.dirname(os.path.abspath(__file__))
 sources = sorted(glob.glob("csrc/core/*.cpp") + glob.glob("csrc/core/isa/*.cpp") + glob.glob("csrc/torch/*.cpp"))
 # No -march: the build runs on any x86-64. The hot loops are compiled once per ISA level in
 # csrc/core/isa/ (each file carries its own target pragma) and chosen at run time.
-cxx_flags = ["-O3", "-fopenmp", "-std=c++17"]
+# -ffp-contract=off: no a*b+c fused behind our back, so a statistic does not depend on which code path
+# (with or without token sets, say) the compiler contracted; every FMA is an explicit intrinsic.
+cxx_flags = ["-O3", "-fopenmp", "-std=c++17", "-ffp-contract=off"]
 
 setup(
     name="fusedlens",

@@ -77,6 +77,8 @@ _NEG = tl.constexpr(-1.0e30)  # padded vocab columns: finite, so exp() underflow
 _KEY_MIN = tl.constexpr(-9223372036854775808)
 _KEY_MAX = tl.constexpr(9223372036854775807)
 MAX_K = 32
+MAX_SETS = 16  # token sets (csrc/core/lens_epilogue.h kMaxSets)
+_SETS = tl.constexpr(MAX_SETS)
 
 
 @triton.jit
@@ -187,10 +189,11 @@ def _final_kernel(x_ptr, w_ptr, b_ptr, m_out, s_out, key_out,
 
 
 @triton.jit
-def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr,
-                 lse_out, ent_out, tk_id_out, tk_val_out, tlogit_out, trank_out, kl_out, frank_out,
+def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr, sid_ptr,
+                 lse_out, ent_out, tk_id_out, tk_val_out, tlogit_out, trank_out, kl_out, frank_out, set_out,
                  S, T, V, d, stride_xs, stride_xt, stride_w, softcap,
                  K: tl.constexpr, KP: tl.constexpr, BLOCK_T: tl.constexpr, SITES_P: tl.constexpr,
+                 N_SETS: tl.constexpr,
                  HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, W_BF16: tl.constexpr,
                  BF16_DOT: tl.constexpr, PREC: tl.constexpr,
                  BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -241,6 +244,8 @@ def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr,
     k_ok = kslot < K
     top = tl.full([ROWS, KP], _KEY_MIN, tl.int64)
     slot3 = tl.arange(0, SITES_P)[None, :, None]
+    set_j = tl.arange(0, _SETS)
+    set_acc = tl.zeros([ROWS, _SETS], dtype=tl.float32)  # Σ e^(z-m) over each token set, rescaled as s
 
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
@@ -257,6 +262,10 @@ def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr,
         u = alpha * (u + s * (m - m_new)) + tl.sum(e * zc, axis=1)
         s = alpha * s + tl.sum(e, axis=1)
         m = m_new
+        if N_SETS > 0:  # token-set mass: e times the tile's one-hot set membership [BLOCK_V, MAX_SETS]
+            sid = tl.load(sid_ptr + cols, mask=col_ok, other=-1)
+            member = (sid[:, None] == set_j[None, :]).to(tl.float32)
+            set_acc = alpha[:, None] * set_acc + tl.dot(e, member, input_precision="ieee")
 
         # KL(p_final || p_row): the token's final row is slot SITES_P-1 of its own slot group
         zf = tl.max(tl.where(slot3 == SITES_P - 1, tl.reshape(z, [BLOCK_T, SITES_P, BLOCK_V]), _NEG), axis=1)
@@ -307,6 +316,9 @@ def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr,
     tl.store(frank_out + out, cnt_f.to(tl.int64), mask=store)
     tl.store(tlogit_out + out, tl.where(has_tgt, z_tgt, float("nan")), mask=store)
     tl.store(trank_out + out, tl.where(has_tgt, cnt_t.to(tl.int64), -1), mask=store)
+    if N_SETS > 0:
+        tl.store(set_out + out[:, None] * N_SETS + set_j[None, :], set_acc / s[:, None],
+                 mask=store[:, None] & (set_j[None, :] < N_SETS))
     for i in range(0, K):
         best = tl.max(top, axis=1)
         tl.store(tk_id_out + out * K + i, _key_id(best), mask=store)
@@ -320,14 +332,16 @@ def _interpreting() -> bool:
 
 def lens_stats(xn, w, bias, softcap, targets, k, *, block_v: int | None = None, block_d: int | None = None,
                rows_per_program: int | None = None, max_sites_per_program: int | None = None,
-               final_splits: int | None = None, input_precision: str = "tf32x3", num_warps: int | None = None):
+               final_splits: int | None = None, input_precision: str = "tf32x3", num_warps: int | None = None,
+               token_sets=None):
     """Fused logit-lens statistics of xn [S, T, d] (normalised; site S-1 = final layer).
 
     w: [V, d] float32/bfloat16; bias: [V] or None; softcap: float, 0.0 (or None) for none;
     targets: [T] int64, negative = no target (or None); 1 <= k <= min(32, V).
     Returns (lse [S,T] f32, entropy [S,T] f32, topk_ids [S,T,k] i64, topk_logits [S,T,k] f32,
     target_logit [S,T] f32 (NaN: no target), target_rank [S,T] i64 (-1: no target),
-    kl_to_final [S,T] f32 = KL(p_final || p_site), final_top1_rank [S,T] i64).
+    kl_to_final [S,T] f32 = KL(p_final || p_site), final_top1_rank [S,T] i64,
+    set_mass [S,T,sets] f32: Σ p(v) over each token set of token_sets [V] (-1: no set, ids < 16)).
     Keyword-only knobs tune the tiling; the defaults suit an H100-class GPU, or the
     interpreter on CPU (small tiles).
     """
@@ -420,13 +434,21 @@ def lens_stats(xn, w, bias, softcap, targets, k, *, block_v: int | None = None, 
     topk_logits = torch.empty(S, T, k, dtype=torch.float32, device=dev)
     target_rank = torch.empty(S, T, dtype=torch.int64, device=dev)
     final_rank = torch.empty_like(target_rank)
+    n_sets = 0
+    if token_sets is not None:
+        if tuple(token_sets.shape) != (V,) or int(token_sets.min()) < -1 or int(token_sets.max()) >= MAX_SETS:
+            raise ValueError(f"token_sets: expected [{V}] set ids in [-1, {MAX_SETS})")
+        token_sets = token_sets.to(device=dev, dtype=torch.int32).contiguous()
+        n_sets = int(token_sets.max()) + 1
+    set_mass = torch.empty(S, T, n_sets, dtype=torch.float32, device=dev)
     grid = (triton.cdiv(T, block_t), groups)
     _lens_kernel[grid](xn, w, b_arg, targets, final_top1, lse_final.contiguous(),
-                       lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl, final_rank,
+                       token_sets if token_sets is not None else targets,
+                       lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl, final_rank, set_mass,
                        S, T, V, d, xn.stride(0), xn.stride(1), w.stride(0), softcap,
-                       K=k, KP=kp, BLOCK_T=block_t, SITES_P=sites_p, **common,
+                       K=k, KP=kp, BLOCK_T=block_t, SITES_P=sites_p, N_SETS=n_sets, **common,
                        **warps2)
-    return lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl, final_rank
+    return lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl, final_rank, set_mass
 
 
 def _sm_count(dev: torch.device) -> int:

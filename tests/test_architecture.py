@@ -1,6 +1,6 @@
 """The package tree is the architecture: imports go one way (docs/design.md, "Where things live").
 
-core ← data ← ops ← report ← lens, tuned, probe ← adapters, run ← cli: a module may import its
+core ← data ← ops ← report ← lens, tuned, probe, refine ← adapters, run ← cli: a module may import its
 own subpackage and the ones below it, never one above (a data module never imports the CLI),
 and the subpackages on one level form no cycle. The one exception is named in LAZY_UPWARD: an
 entry point a lower module reaches upward through inside a function, never at import time.
@@ -9,7 +9,8 @@ import ast
 import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "python" / "fusedlens"
-LEVEL = {"core": 0, "data": 1, "ops": 2, "report": 3, "lens": 4, "tuned": 4, "probe": 4, "adapters": 5, "run": 5,
+LEVEL = {"core": 0, "data": 1, "ops": 2, "report": 3, "lens": 4, "tuned": 4, "probe": 4, "refine": 4, "adapters": 5,
+         "run": 5,
          "cli": 6}
 # (module, subpackage above it) it may import inside a function: LensModel.from_transformer_lens.
 LAZY_UPWARD = {("core/models.py", "adapters")}

@@ -377,10 +377,12 @@ build(m._final_kernel, {"x_ptr": "*fp32", "w_ptr": w, "b_ptr": w, "m_out": "*fp3
       "x_final_off": "i32", "softcap": "fp32", "tiles_per_split": "i32"}, dict(common, ROWS=64), 4)
 k = int(sys.argv[3])
 build(m._lens_kernel, {"x_ptr": "*fp32", "w_ptr": w, "b_ptr": w, "tgt_ptr": "*i64", "ft_ptr": "*i64",
-      "lf_ptr": "*fp32", "lse_out": "*fp32", "ent_out": "*fp32", "tk_id_out": "*i64", "tk_val_out": "*fp32",
-      "tlogit_out": "*fp32", "trank_out": "*i64", "kl_out": "*fp32", "frank_out": "*i64", "S": "i32",
-      "T": "i32", "V": "i32", "d": "i32", "stride_xs": "i32", "stride_xt": "i32", "stride_w": "i32",
-      "softcap": "fp32"}, dict(common, K=k, KP=triton.next_power_of_2(k), BLOCK_T=4, SITES_P=32), 8)
+      "lf_ptr": "*fp32", "sid_ptr": "*i32", "lse_out": "*fp32", "ent_out": "*fp32", "tk_id_out": "*i64",
+      "tk_val_out": "*fp32", "tlogit_out": "*fp32", "trank_out": "*i64", "kl_out": "*fp32", "frank_out": "*i64",
+      "set_out": "*fp32", "S": "i32", "T": "i32", "V": "i32", "d": "i32", "stride_xs": "i32", "stride_xt": "i32",
+      "stride_w": "i32", "softcap": "fp32"},
+      dict(common, K=k, KP=triton.next_power_of_2(k), BLOCK_T=4, SITES_P=32,
+           N_SETS=4 if w == "*fp32" else 0), 8)  # token-set mass compiled in one case, left out in the other
 print("compiled")
 '''
 

@@ -245,3 +245,63 @@ def test_k_must_be_an_int_in_range(k):
     hidden, norm, unembed, targets = make_case(2, 3, 16, 60)
     with pytest.raises(ValueError, match=r"k: expected an int with 1 <= k <= 32"):
         ops.lens_stats(hidden, norm, unembed, targets, k)
+
+
+def set_cases(vocab):
+    """Token-set ids [vocab]: random sets with members everywhere, a set covering nothing (id 3 unused
+    below id 4), one token, everything in one set, and every token in no set."""
+    mixed = torch.randint(-1, 6, (vocab,))
+    mixed[mixed == 3] = 4  # set 3 exists (a lower id than the largest) and has no member
+    one = torch.full((vocab,), -1)
+    one[vocab // 2] = 0
+    return {"mixed": mixed, "one_token": one, "everything": torch.zeros(vocab, dtype=torch.long),
+            "sixteen": torch.arange(vocab) % 16, "none_in_set_0_of_2": torch.where(torch.arange(vocab) % 2 == 0,
+                                                                                   1, -1)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(3, 5, 48, 1009), (1, 2, 32, 300), (2, 1, 40, 777)], ids=str)
+def test_token_set_mass_against_float64(backend, shape):
+    hidden, norm, unembed, targets = make_case(*shape, scale=3.0)
+    logits = float64_logits(hidden, norm, unembed)
+    p = torch.softmax(logits, -1)
+    for name, sets in set_cases(shape[3]).items():
+        tiles = {"token_block": 2, "vocab_tile": 96} if backend == "cpu" else {}
+        got = ops.lens_stats(hidden, norm, unembed, targets, 2, backend=backend, token_sets=sets, **tiles)
+        n = int(sets.max()) + 1
+        want = torch.stack([p[..., sets == j].sum(-1) for j in range(n)], -1)
+        assert got.set_mass.shape == (shape[0], shape[1], n), name
+        assert bool(((got.set_mass.double() - want).abs() <= 1e-5 + 1e-5 * want).all()), \
+            (name, float((got.set_mass.double() - want).abs().max()))
+        ref = reference.lens_stats(hidden, norm, unembed, targets, 2, token_sets=sets)
+        assert torch.allclose(ref.set_mass, want, atol=1e-12)
+        if name == "everything":
+            assert bool(((got.set_mass[..., 0] - 1).abs() <= 1e-5).all())
+        if name == "mixed":
+            assert bool((got.set_mass[..., 3] == 0).all())  # a set with no member has mass exactly 0
+        # the other statistics do not move
+        plain = ops.lens_stats(hidden, norm, unembed, targets, 2, backend=backend, **tiles)
+        assert torch.equal(plain.topk_ids, got.topk_ids) and torch.allclose(plain.lse, got.lse, rtol=0, atol=0)
+
+
+def test_token_set_mass_survives_a_rising_max():
+    # logits that grow along the vocabulary: every tile raises the running max, so the set sums are rescaled
+    hidden, norm, unembed, targets = make_case(2, 3, 32, 2000, bias=False)
+    unembed = Unembed(unembed.weight, torch.linspace(0, 300, 2000), None)
+    sets = torch.arange(2000) % 3 - 1
+    got = ops.lens_stats(hidden, norm, unembed, targets, 1, backend="cpu", token_sets=sets, vocab_tile=128)
+    p = torch.softmax(float64_logits(hidden, norm, unembed), -1)
+    want = torch.stack([p[..., sets == j].sum(-1) for j in range(2)], -1)
+    assert bool(((got.set_mass.double() - want).abs() <= 1e-5).all())
+
+
+@pytest.mark.parametrize("sets, message", [
+    (torch.full((50,), 16), r"token_sets: set ids must be -1 \(no set\) or in \[0, 16\), got 16..16"),
+    (torch.full((50,), -2), r"got -2..-2"),
+    (torch.zeros(49, dtype=torch.long), "token_sets: expected 50 ids"),
+    (torch.zeros(50), "token_sets: expected a 1-D integer tensor"),
+])
+def test_bad_token_sets_are_clear_errors(sets, message):
+    hidden, norm, unembed, targets = make_case(2, 3, 16, 50)
+    with pytest.raises(ValueError, match=message):
+        ops.lens_stats(hidden, norm, unembed, targets, 1, token_sets=sets)

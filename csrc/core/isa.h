@@ -38,11 +38,15 @@ struct VecKernels {
   // Over one tile: s = Σ exp(z - m), u = Σ exp(z - m)(z - m), kl = Σ p_final (z_final - z)
   // (p_final may be null), the counts of z above zt and above zf, and top = max z. m need
   // not be the max (the running max of earlier tiles is): valid while top - m <= 64.
+  // e_out (may be null): each exp(z - m), for the token-set sums.
   void (*tile_sums)(const float* z, int64_t width, float m, float zt, float zf, const float* p_final,
                     const float* z_final, float* s, float* u, float* kl, int64_t* above_t, int64_t* above_f,
-                    float* top);
+                    float* top, float* e_out);
   // The positions i in [0, width) with z[i] > threshold, ascending, into idx; returns how many.
   int64_t (*above)(const float* z, int64_t width, float threshold, int32_t* idx);
+  // out[j] += Σ e[i] over the i with set_id[i] == j, for j < n_sets (set_id -1: none; a block
+  // of positions in no set costs one compare); e from tile_sums' e_out.
+  void (*set_sums)(const float* e, int64_t width, const int8_t* set_id, int n_sets, float* out);
 };
 
 const VecKernels& vec_kernels();  // of the active ISA

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "isa.h"
 #include "isa/exp_poly.h"
@@ -16,6 +17,7 @@ void RowState::reset(int topk) {
   seen_target_logit = std::numeric_limits<float>::quiet_NaN();
   k = topk;
   filled = 0;
+  for (float& v : set_s) v = 0.f;
 }
 
 bool has_avx512_epilogue() { return active_isa() >= Isa::avx512; }
@@ -69,23 +71,28 @@ static void rescale(RowState& st, float top) {
     const float scale = exp_nonpos_scalar(shift);
     st.u = scale * (st.u + shift * st.s);
     st.s *= scale;
+    for (float& v : st.set_s) v *= scale;
   }
   st.m = top;
 }
 
 void fold_tile(RowState& st, const RowQuery& q, const float* z, int64_t v0, int64_t width,
-               const float* p_final, const float* z_final) {
+               const float* p_final, const float* z_final, const int8_t* set_id, int n_sets) {
   if (st.m == -std::numeric_limits<float>::infinity()) st.m = tile_max(z, width);
   float s, u, kl, top;
   int64_t above_t, above_f;
   const auto& vk = vec_kernels();
+  thread_local std::vector<float> e;  // the tile row's exps, for the token-set sums
+  if (n_sets > 0 && static_cast<int64_t>(e.size()) < width) e.resize(width);
+  float* e_out = n_sets > 0 ? e.data() : nullptr;
   vk.tile_sums(z, width, st.m, q.target_logit, q.final_top1_logit, p_final, z_final, &s, &u, &kl, &above_t, &above_f,
-               &top);
+               &top, e_out);
   if (top > st.m + kExcess) {
     rescale(st, top);
     vk.tile_sums(z, width, st.m, q.target_logit, q.final_top1_logit, p_final, z_final, &s, &u, &kl, &above_t,
-                 &above_f, &top);
+                 &above_f, &top, e_out);
   }
+  if (n_sets > 0) vk.set_sums(e_out, width, set_id, n_sets, st.set_s);  // against the same shift as s
   st.s += s;
   st.u += u;
   st.kl += kl;

@@ -7,6 +7,7 @@
 namespace fusedlens {
 
 constexpr int kMaxTopK = 32;
+constexpr int kMaxSets = 16;  // token sets whose probability mass a row accumulates
 
 // What one row needs to know before the sweep.
 struct RowQuery {
@@ -25,6 +26,7 @@ struct RowState {
   int k, filled;
   float top_logit[kMaxTopK];
   int64_t top_id[kMaxTopK];
+  float set_s[kMaxSets];  // Σ exp(z - m) over each token set's members, relative to m as s is
 
   void reset(int topk);
   float lse() const;
@@ -41,8 +43,9 @@ float exp_nonpos(float x);
 // p_final / z_final: the final layer's probabilities and logits on the same tile
 // (nullptr to skip KL). Counts exclude the row's own target/top-1 id, so rounding
 // between the gather-dot and the tile GEMM can never make a token outrank itself.
+// set_id: the tile's token-set ids (int8, -1 = in no set; null: no sets), n_sets <= kMaxSets.
 void fold_tile(RowState& st, const RowQuery& q, const float* z, int64_t v0, int64_t width,
-               const float* p_final, const float* z_final);
+               const float* p_final, const float* z_final, const int8_t* set_id = nullptr, int n_sets = 0);
 
 // The vector pieces of every online softmax here (the active ISA's, csrc/core/isa.h):
 // the largest of z[0, width), and p[i] = exp(z[i] - shift) for z <= shift with Σ p.

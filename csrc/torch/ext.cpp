@@ -10,7 +10,7 @@
 std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn, const torch::Tensor& w,
                                       const c10::optional<torch::Tensor>& bias, double softcap,
                                       const torch::Tensor& targets, int64_t k, int64_t token_block,
-                                      int64_t vocab_tile);
+                                      int64_t vocab_tile, const c10::optional<torch::Tensor>& token_sets);
 int64_t ridge_gram(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& shift_x,
                 const torch::Tensor& shift_y, torch::Tensor& out, int64_t block);
 std::vector<torch::Tensor> lens_kl(const torch::Tensor& xn, const torch::Tensor& xf, const torch::Tensor& w,
@@ -73,7 +73,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lens_stats", &lens_stats,
         "fused logit-lens statistics of xn [S, T, d] (site S-1 final) against w [V, d]; see ops.lens_stats",
         py::arg("xn"), py::arg("w"), py::arg("bias"), py::arg("softcap"), py::arg("targets"), py::arg("k"),
-        py::arg("token_block") = 8, py::arg("vocab_tile") = 1024);
+        py::arg("token_block") = 8, py::arg("vocab_tile") = 1024, py::arg("token_sets") = py::none());
   m.def("ridge_gram", &ridge_gram,
         "out[s] += upper triangle of W_sᵀW_s, W_s = [x[s] - shift_x[s] | y - shift_y | 1] (fp32 GEMM, float64 sum); "
         "returns 0, or the number of NaN/Inf in x (then out is untouched)",

@@ -31,6 +31,8 @@ struct Sweep {
   const float* bias;       // [V] or null
   float cap;               // <= 0: none
   int64_t vocab_tile;
+  const int8_t* set_id;    // [V] token-set ids (-1: none), or null
+  int n_sets;
   bool bf16() const { return w.scalar_type() == torch::kBFloat16; }
   bool own_f32() const { return !bf16() && fusedlens::f32_gemm_kernel().fast; }
 };
@@ -130,7 +132,7 @@ void sweep(const Sweep& sw, std::vector<Group>& groups) {
           for (int64_t s = 0; s < g.sites; ++s) {
             const int64_t r = s * g.tokens + j;
             fusedlens::fold_tile(g.st[r], g.q[r], tile + r * ld, v0, width, g.lse_final ? sc.pf.data() : nullptr,
-                                 zf);
+                                 zf, sw.set_id ? sw.set_id + v0 : nullptr, sw.n_sets);
           }
         }
       }
@@ -159,13 +161,14 @@ std::vector<float> logits_at(const Sweep& sw, const torch::Tensor& xn, const std
 }  // namespace
 
 // xn [S, T, d] float32 normalised residuals (site S-1 = final layer); w [V, d] float32
-// or bfloat16; targets [T] int64 (-1: none). With bf16 w the rows are rounded to bf16
-// first, so the statistics are those of bf16(xn) . W. Returns lse, entropy, topk_ids,
-// topk_logits, target_logit, target_rank, kl_to_final, final_top1_rank ([S, T] or [S, T, k]).
+// or bfloat16; targets [T] int64 (-1: none); token_sets [V] (-1: in no set, else a set
+// id < 16) or none. With bf16 w the rows are rounded to bf16 first, so the statistics are
+// those of bf16(xn) . W. Returns lse, entropy, topk_ids, topk_logits, target_logit,
+// target_rank, kl_to_final, final_top1_rank ([S, T] or [S, T, k]) and set_mass [S, T, sets].
 std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::Tensor& w_in,
                                       const c10::optional<torch::Tensor>& bias_in, double softcap,
                                       const torch::Tensor& targets_in, int64_t k, int64_t token_block,
-                                      int64_t vocab_tile) {
+                                      int64_t vocab_tile, const c10::optional<torch::Tensor>& token_sets) {
   TORCH_CHECK(xn_in.dim() == 3 && w_in.dim() == 2 && targets_in.dim() == 1, "lens_stats: bad ranks");
   TORCH_CHECK(xn_in.scalar_type() == torch::kFloat32, "lens_stats: float32 xn expected");
   TORCH_CHECK(w_in.scalar_type() == torch::kFloat32 || w_in.scalar_type() == torch::kBFloat16,
@@ -183,7 +186,18 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
   torch::Tensor bias;
   if (bias_in.has_value()) bias = bias_in->to(torch::kFloat32).contiguous();
   const float cap = softcap > 0 ? static_cast<float>(softcap) : 0.f;
-  Sweep sw{w, bias.defined() ? bias.data_ptr<float>() : nullptr, cap, std::max<int64_t>(32, vocab_tile)};
+  torch::Tensor sets;
+  int n_sets = 0;
+  if (token_sets.has_value()) {
+    TORCH_CHECK(token_sets->dim() == 1 && token_sets->size(0) == w.size(0), "lens_stats: token_sets must be [vocab]");
+    sets = token_sets->to(torch::kInt8).contiguous();
+    const auto lo_hi = torch::aminmax(token_sets->to(torch::kInt64));
+    const int64_t lo = std::get<0>(lo_hi).item<int64_t>(), hi = std::get<1>(lo_hi).item<int64_t>();
+    TORCH_CHECK(lo >= -1 && hi < fusedlens::kMaxSets, "lens_stats: token set ids must be in [-1, 16)");
+    n_sets = static_cast<int>(hi + 1);
+  }
+  Sweep sw{w, bias.defined() ? bias.data_ptr<float>() : nullptr, cap, std::max<int64_t>(32, vocab_tile),
+           sets.defined() ? sets.data_ptr<int8_t>() : nullptr, n_sets};
   if (sw.own_f32()) {  // whole register-tile panels (AVX-512: 48 columns, so 1,024 becomes 1,008)
     const int64_t nr = fusedlens::f32_gemm_kernel().nr;
     sw.vocab_tile = std::max(nr, vocab_tile / nr * nr);
@@ -211,7 +225,9 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
       const int64_t m = std::min(p1_tokens, T - t0);
       groups.push_back(Group{final_rows.narrow(0, t0, m), {}, {}, 1, m, st.data() + t0, q.data() + t0, nullptr, nullptr});
     }
-    sweep(sw, groups);
+    Sweep final_only = sw;
+    final_only.set_id = nullptr, final_only.n_sets = 0;
+    sweep(final_only, groups);
     for (int64_t t = 0; t < T; ++t) {
       lse_final[t] = st[t].lse();
       top1_final[t] = st[t].top_id[0];
@@ -233,6 +249,7 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
   auto target_rank = torch::empty({S, T}, i64), final_rank = torch::empty({S, T}, i64);
   auto topk_ids = torch::empty({S, T, k}, i64);
   auto topk_logits = torch::empty({S, T, k}, f32);
+  auto set_mass = torch::empty({S, T, n_sets}, f32);
 
   // Phase 2: all sites of a token group together, so the final row shares each tile.
   std::vector<RowState> st(S * T);
@@ -275,8 +292,9 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
             topk_ids.data_ptr<int64_t>()[g * k + i] = r.top_id[i];
             topk_logits.data_ptr<float>()[g * k + i] = r.top_logit[i];
           }
+          for (int j = 0; j < n_sets; ++j) set_mass.data_ptr<float>()[g * n_sets + j] = r.set_s[j] / r.s;
         }
     }
   });
-  return {lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl, final_rank};
+  return {lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl, final_rank, set_mass};
 }

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "../isa.h"
+#include "count_dispatch.h"
 #include "exp_poly.h"
 
 namespace fusedlens {
@@ -67,7 +68,8 @@ float exp_shifted(const float* z, float shift, float* p, int64_t width) {
 }
 
 void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const float* p_final, const float* z_final,
-               float* s_out, float* u_out, float* kl_out, int64_t* above_t, int64_t* above_f, float* top_out) {
+               float* s_out, float* u_out, float* kl_out, int64_t* above_t, int64_t* above_f, float* top_out,
+               float* e_out) {
   const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   __m256 s = _mm256_setzero_ps(), u = s, kl = s, top = ninf;
   const __m256 mv = _mm256_set1_ps(m), tv = _mm256_set1_ps(zt), fv = _mm256_set1_ps(zf);
@@ -79,6 +81,7 @@ void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const
     top = _mm256_max_ps(top, _mm256_blendv_ps(ninf, zi, k));
     const __m256 d = _mm256_sub_ps(zi, mv);
     const __m256 e = _mm256_and_ps(exp_nonpos8(d), k);
+    if (e_out) _mm256_maskstore_ps(e_out + i, ki, e);
     s = _mm256_add_ps(s, e);
     u = _mm256_fmadd_ps(e, d, u);
     if (p_final) {
@@ -94,6 +97,37 @@ void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const
   _mm256_store_si256(reinterpret_cast<__m256i*>(c + 8), cf);
   *above_t = int64_t{c[0]} + c[1] + c[2] + c[3] + c[4] + c[5] + c[6] + c[7];
   *above_f = int64_t{c[8]} + c[9] + c[10] + c[11] + c[12] + c[13] + c[14] + c[15];
+}
+
+// 8 at a time: a block with no member costs a load and a test; otherwise, per set, a compare
+// and a masked add of the exps tile_sums stored. N is the number of sets, a compile-time constant so that the
+// accumulators stay in registers.
+template <int N>
+void set_sums_n(const float* ev, int64_t width, const int8_t* set_id, float* out) {
+  __m256 acc[N];
+  for (int j = 0; j < N; ++j) acc[j] = _mm256_setzero_ps();
+  const __m256i none = _mm256_set1_epi32(-1);
+  for (int64_t i = 0; i < width; i += 8) {
+    __m256i ids;
+    if (width - i >= 8) {
+      ids = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(set_id + i)));
+    } else {
+      alignas(32) int32_t tail[8];
+      for (int c = 0; c < 8; ++c) tail[c] = i + c < width ? set_id[i + c] : -1;
+      ids = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
+    }
+    if (_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(ids, none))) == 0) continue;
+    const __m256i ki = width - i >= 8 ? _mm256_set1_epi32(-1) : tail_mask(width - i);
+    const __m256 e = _mm256_maskload_ps(ev + i, ki);
+#pragma GCC unroll 16
+    for (int j = 0; j < N; ++j)
+      acc[j] = _mm256_add_ps(acc[j], _mm256_and_ps(e, _mm256_castsi256_ps(_mm256_cmpeq_epi32(ids, _mm256_set1_epi32(j)))));
+  }
+  for (int j = 0; j < N; ++j) out[j] += hsum(acc[j]);
+}
+
+void set_sums(const float* e, int64_t width, const int8_t* set_id, int n_sets, float* out) {
+  with_count_16(n_sets, [&](auto n) { set_sums_n<decltype(n)::value>(e, width, set_id, out); });
 }
 
 // 8 at a time; only a block with a position above the threshold is looked at closer.
@@ -115,7 +149,7 @@ int64_t above(const float* z, int64_t width, float threshold, int32_t* idx) {
 }  // namespace
 
 const VecKernels& vec_kernels_avx2() {
-  static const VecKernels k{tile_max, exp_shifted, tile_sums, above};
+  static const VecKernels k{tile_max, exp_shifted, tile_sums, above, set_sums};
   return k;
 }
 

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "../isa.h"
+#include "count_dispatch.h"
 #include "exp_poly.h"
 
 namespace fusedlens {
@@ -45,7 +46,8 @@ float exp_shifted(const float* z, float shift, float* p, int64_t width) {
 }
 
 void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const float* p_final, const float* z_final,
-               float* s_out, float* u_out, float* kl_out, int64_t* above_t, int64_t* above_f, float* top_out) {
+               float* s_out, float* u_out, float* kl_out, int64_t* above_t, int64_t* above_f, float* top_out,
+               float* e_out) {
   const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   __m512 s = _mm512_setzero_ps(), u = s, kl = s, top = ninf;
   const __m512 mv = _mm512_set1_ps(m), tv = _mm512_set1_ps(zt), fv = _mm512_set1_ps(zf);
@@ -57,6 +59,7 @@ void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const
     top = _mm512_mask_max_ps(top, k, top, zi);
     const __m512 d = _mm512_sub_ps(zi, mv);
     const __m512 e = exp_nonpos16(d);
+    if (e_out) _mm512_mask_storeu_ps(e_out + i, k, e);
     s = _mm512_mask_add_ps(s, k, s, e);
     u = _mm512_mask3_fmadd_ps(e, d, u, k);
     if (p_final) {
@@ -69,6 +72,30 @@ void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const
   *s_out = _mm512_reduce_add_ps(s), *u_out = _mm512_reduce_add_ps(u), *kl_out = _mm512_reduce_add_ps(kl);
   *above_t = _mm512_reduce_add_epi32(ct), *above_f = _mm512_reduce_add_epi32(cf);
   *top_out = _mm512_reduce_max_ps(top);
+}
+
+// 16 at a time: a block with no member costs a load and a test; otherwise, per set, a compare
+// and a masked add of the exps tile_sums stored. N is the number of sets, a compile-time constant so that the
+// accumulators stay in registers.
+template <int N>
+void set_sums_n(const float* ev, int64_t width, const int8_t* set_id, float* out) {
+  __m512 acc[N];
+  for (int j = 0; j < N; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < width; i += 16) {
+    const __mmask16 k = lanes(width - i);
+    const __m512i ids = _mm512_mask_cvtepi8_epi32(_mm512_set1_epi32(-1), k, _mm_maskz_loadu_epi8(k, set_id + i));
+    const __mmask16 member = _mm512_cmpge_epi32_mask(ids, _mm512_setzero_si512());
+    if (!member) continue;
+    const __m512 e = _mm512_maskz_loadu_ps(k, ev + i);
+#pragma GCC unroll 16
+    for (int j = 0; j < N; ++j)
+      acc[j] = _mm512_mask_add_ps(acc[j], _mm512_cmpeq_epi32_mask(ids, _mm512_set1_epi32(j)), acc[j], e);
+  }
+  for (int j = 0; j < N; ++j) out[j] += _mm512_reduce_add_ps(acc[j]);
+}
+
+void set_sums(const float* e, int64_t width, const int8_t* set_id, int n_sets, float* out) {
+  with_count_16(n_sets, [&](auto n) { set_sums_n<decltype(n)::value>(e, width, set_id, out); });
 }
 
 // 16 at a time, the positions above the threshold compressed into idx.
@@ -90,7 +117,7 @@ int64_t above(const float* z, int64_t width, float threshold, int32_t* idx) {
 }  // namespace
 
 const VecKernels& vec_kernels_avx512() {
-  static const VecKernels k{tile_max, exp_shifted, tile_sums, above};
+  static const VecKernels k{tile_max, exp_shifted, tile_sums, above, set_sums};
   return k;
 }
 

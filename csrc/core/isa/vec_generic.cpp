@@ -28,7 +28,8 @@ float exp_shifted(const float* z, float shift, float* p, int64_t width) {
 
 // Two loops, so that neither has a branch: both vectorise with the baseline's SSE2.
 void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const float* p_final, const float* z_final,
-               float* s_out, float* u_out, float* kl_out, int64_t* above_t, int64_t* above_f, float* top_out) {
+               float* s_out, float* u_out, float* kl_out, int64_t* above_t, int64_t* above_f, float* top_out,
+               float* e_out) {
   float s = 0.f, u = 0.f, kl = 0.f, top = -std::numeric_limits<float>::infinity();
   int32_t ct = 0, cf = 0;  // a tile is far shorter than 2^31
 #pragma omp simd reduction(+ : s, u, ct, cf) reduction(max : top)
@@ -41,11 +42,20 @@ void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const
     ct += z[i] > zt ? 1 : 0;
     cf += z[i] > zf ? 1 : 0;
   }
+  if (e_out) {  // its own loop, so the one above stays branch-free
+#pragma omp simd
+    for (int64_t i = 0; i < width; ++i) e_out[i] = exp_nonpos_scalar(z[i] - m);
+  }
   if (p_final) {
 #pragma omp simd reduction(+ : kl)
     for (int64_t i = 0; i < width; ++i) kl += p_final[i] * (z_final[i] - z[i]);
   }
   *s_out = s, *u_out = u, *kl_out = kl, *above_t = ct, *above_f = cf, *top_out = top;
+}
+
+void set_sums(const float* e, int64_t width, const int8_t* set_id, int n_sets, float* out) {
+  for (int64_t i = 0; i < width; ++i)
+    if (set_id[i] >= 0 && set_id[i] < n_sets) out[set_id[i]] += e[i];
 }
 
 int64_t above(const float* z, int64_t width, float threshold, int32_t* idx) {
@@ -60,7 +70,7 @@ int64_t above(const float* z, int64_t width, float threshold, int32_t* idx) {
 }  // namespace
 
 const VecKernels& vec_kernels_generic() {
-  static const VecKernels k{tile_max, exp_shifted, tile_sums, above};
+  static const VecKernels k{tile_max, exp_shifted, tile_sums, above, set_sums};
   return k;
 }
 

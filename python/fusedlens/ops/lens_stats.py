@@ -41,7 +41,8 @@ def normalized_rows(hidden: torch.Tensor, norm: FinalNorm, chunk: int = 256) -> 
 
 def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets: torch.Tensor | None = None,
                k: int = 1, *, backend: str | None = None, compute: str = "auto", dtype: torch.dtype = torch.float32,
-               token_block: int | None = None, vocab_tile: int = 1024) -> LensStats:
+               token_block: int | None = None, vocab_tile: int = 1024,
+               token_sets: torch.Tensor | None = None) -> LensStats:
     """Logit-lens statistics of residuals [sites, tokens, d_model]; the last site is the final layer.
 
     Exact over the full vocabulary (see `reference` for the definitions and the tie
@@ -56,6 +57,10 @@ def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets:
     (`reference.matmul_operands`; the logits move by at most 2^-9 · Σ|x̂ᵢ wᵢ|);
     "auto" is "bf16" for bf16 weights and "fp32" otherwise. Either way the
     accumulation and every statistic are float32 or better.
+
+    token_sets: an integer tensor [vocab] of set ids (-1: in no set, at most 16 sets);
+    `set_mass` [sites, tokens, sets] is then each set's probability Σ_{v∈S_j} p(v), summed in
+    the same sweep over vocabulary tiles.
     """
     check_tensor("hidden", hidden, ndim=(2, 3), floating=True)
     if hidden.dim() == 2:  # a flat row batch is one site: its own final layer
@@ -66,13 +71,15 @@ def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets:
     if targets is not None:
         targets = check_ids("targets", targets, unembed.vocab_size, rows=tokens).reshape(tokens)
     compute = resolve_compute(compute, unembed.weight)
+    token_sets, _ = reference.check_token_sets(token_sets, unembed.vocab_size)
     if token_block is None:  # ~256 rows (sites x tokens) per tile GEMM: 8 tokens of 31 sites, 256 of one site
         token_block = max(8, ROWS_PER_BLOCK // sites)
     if token_block < 1 or vocab_tile < 1:
         raise ValueError(f"token_block, vocab_tile: must be positive, got {token_block}, {vocab_tile}")
     backend = pick_backend(hidden.device, backend)
     if backend == "torch":
-        return reference.lens_stats(hidden, norm, unembed, targets, k, dtype=dtype, compute=compute)
+        return reference.lens_stats(hidden, norm, unembed, targets, k, dtype=dtype, compute=compute,
+                                    token_sets=token_sets)
     xn = normalized_rows(hidden, norm)
     # The C++ bf16-dot sweep rounds xn itself when it gets bf16 weights. Elsewhere (Triton, or a CPU
     # without bf16 dot) xn is rounded here and, on the CPU, the fp32 sweep multiplies the rounded
@@ -86,16 +93,18 @@ def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets:
         else targets.masked_fill(targets == IGNORE_INDEX, -1)
     if backend == "cpu":
         out = _C.lens_stats(xn, weight, unembed.bias, float(unembed.softcap or 0.0), ids, k,
-                            token_block, vocab_tile)
+                            token_block, vocab_tile, None if token_sets is None else token_sets.to(torch.int8))
     else:
         from ..kernels.lens_stats import lens_stats as triton_lens_stats
 
-        out = triton_lens_stats(xn, weight, unembed.bias, float(unembed.softcap or 0.0), ids, k)
-    lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl, final_rank = out
+        out = triton_lens_stats(xn, weight, unembed.bias, float(unembed.softcap or 0.0), ids, k,
+                                token_sets=token_sets)
+    lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl, final_rank, set_mass = out
     if targets is None:
         target_logit = target_logprob = target_rank = None
     else:
         target_logprob = target_logit - lse
     return LensStats(lse=lse, entropy=entropy, topk_ids=topk_ids, topk_logits=topk_logits, target_logit=target_logit,
                      target_logprob=target_logprob, target_rank=target_rank, kl_to_final=kl,
-                     final_top1_rank=final_rank, prediction_depth=prediction_depth(topk_ids[..., 0]))
+                     final_top1_rank=final_rank, prediction_depth=prediction_depth(topk_ids[..., 0]),
+                     set_mass=None if token_sets is None else set_mass)

@@ -23,7 +23,9 @@ from ..core.checks import IGNORE_INDEX, check_ids, check_same_width, check_tenso
 from ..core.readout import FinalNorm, Unembed
 from .stats import LensStats, prediction_depth
 
-__all__ = ["LensStats", "lens_stats", "matmul_operands", "prediction_depth", "stats_from_logits",
+MAX_SETS = 16  # token sets a lens sweep accumulates (csrc/core/lens_epilogue.h kMaxSets)
+
+__all__ = ["LensStats", "MAX_SETS", "check_token_sets", "lens_stats", "matmul_operands", "prediction_depth", "stats_from_logits",
            "topk_tie_lowest_id"]
 
 
@@ -40,7 +42,31 @@ def topk_tie_lowest_id(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     return torch.cat(ids, -1), values
 
 
-def stats_from_logits(logits: torch.Tensor, targets: torch.Tensor | None = None, k: int = 1) -> LensStats:
+def check_token_sets(token_sets, vocab_size: int) -> tuple[torch.Tensor | None, int]:
+    """token_sets: an integer tensor [vocab] of set ids (-1: in no set; at most MAX_SETS sets) → (ids, sets)."""
+    if token_sets is None:
+        return None, 0
+    if not isinstance(token_sets, torch.Tensor) or token_sets.dim() != 1 or token_sets.is_floating_point() \
+            or token_sets.dtype == torch.bool:
+        raise ValueError("token_sets: expected a 1-D integer tensor of set ids, one per vocabulary entry")
+    if token_sets.numel() != vocab_size:
+        raise ValueError(f"token_sets: expected {vocab_size} ids (the vocabulary), got {token_sets.numel()}")
+    lo, hi = (int(token_sets.min()), int(token_sets.max())) if token_sets.numel() else (-1, -1)
+    if lo < -1 or hi >= MAX_SETS:
+        raise ValueError(f"token_sets: set ids must be -1 (no set) or in [0, {MAX_SETS}), got {lo}..{hi}")
+    return token_sets.long(), hi + 1
+
+
+def set_mass_from_logits(logits: torch.Tensor, token_sets: torch.Tensor, n_sets: int) -> torch.Tensor:
+    """Σ softmax(logits) over each set's members [..., sets], in logits' dtype."""
+    member = torch.zeros(token_sets.numel(), n_sets, dtype=logits.dtype, device=logits.device)
+    has = token_sets >= 0
+    member[has.nonzero()[:, 0], token_sets[has].to(logits.device)] = 1
+    return torch.softmax(logits, -1) @ member
+
+
+def stats_from_logits(logits: torch.Tensor, targets: torch.Tensor | None = None, k: int = 1,
+                      token_sets: torch.Tensor | None = None) -> LensStats:
     """All statistics from materialised logits [sites, tokens, vocab], computed in logits' dtype."""
     check_tensor("logits", logits, ndim=3, floating=True)
     sites, tokens, vocab = logits.shape
@@ -65,9 +91,12 @@ def stats_from_logits(logits: torch.Tensor, targets: torch.Tensor | None = None,
         target_logit = z_t[..., 0].masked_fill(ignore, float("nan"))
         target_logprob = logp.gather(-1, safe)[..., 0].masked_fill(ignore, float("nan"))
         target_rank = (logits > z_t).sum(-1).masked_fill(ignore, -1)
+    token_sets, n_sets = check_token_sets(token_sets, vocab)
+    set_mass = None if token_sets is None else set_mass_from_logits(logits, token_sets, n_sets)
     return LensStats(lse=lse, entropy=entropy, topk_ids=topk_ids, topk_logits=topk_logits, target_logit=target_logit,
                      target_logprob=target_logprob, target_rank=target_rank, kl_to_final=kl,
-                     final_top1_rank=final_top1_rank, prediction_depth=prediction_depth(topk_ids[..., 0]))
+                     final_top1_rank=final_top1_rank, prediction_depth=prediction_depth(topk_ids[..., 0]),
+                     set_mass=set_mass)
 
 
 def matmul_operands(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, compute: str):
@@ -89,13 +118,14 @@ def matmul_operands(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, com
 
 def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets: torch.Tensor | None = None,
                k: int = 1, *, dtype: torch.dtype = torch.float64, compute: str = "fp32",
-               max_elements: int = 1 << 25) -> LensStats:
+               max_elements: int = 1 << 25, token_sets: torch.Tensor | None = None) -> LensStats:
     """Logit-lens statistics of residuals [sites, tokens, d_model] (last site = final layer).
 
     Logits are materialised in `dtype` for a chunk of tokens at a time (at most
     `max_elements` logits), so memory stays bounded but the work is not fused.
     `compute="bf16"` gives the statistics of the bf16-rounded operands
-    (`matmul_operands`), in `dtype`.
+    (`matmul_operands`), in `dtype`. token_sets [vocab] (-1: no set): set_mass, the
+    probability of each set.
     """
     check_tensor("hidden", hidden, ndim=3, floating=True)
     check_same_width("hidden", hidden, unembed.d_model, "the unembedding's d_model")
@@ -108,5 +138,6 @@ def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets:
         h = hidden[:, start:start + chunk]
         xn, head = matmul_operands(h if compute == "bf16" else h.to(dtype), norm, unembed, compute)
         logits = head(xn.to(dtype))
-        parts.append(stats_from_logits(logits, None if targets is None else targets[start:start + chunk], k))
+        parts.append(stats_from_logits(logits, None if targets is None else targets[start:start + chunk], k,
+                                       token_sets))
     return LensStats.cat(parts)

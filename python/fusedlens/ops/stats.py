@@ -20,6 +20,7 @@ class LensStats:
     kl_to_final: torch.Tensor
     final_top1_rank: torch.Tensor
     prediction_depth: torch.Tensor  # [tokens]
+    set_mass: torch.Tensor | None = None  # [sites, tokens, sets]: Σ p(v) over each token set (token_sets=)
 
     @property
     def top1(self) -> torch.Tensor:

@@ -134,9 +134,10 @@ class TunedLens(nn.Module):
 
     @torch.no_grad()
     def lens_stats(self, hidden: torch.Tensor, targets: torch.Tensor | None = None, k: int = 1, *,
-                   backend: str | None = None) -> LensStats:
+                   backend: str | None = None, token_sets: torch.Tensor | None = None) -> LensStats:
         """ops.lens_stats of hidden [sites + 1, tokens, d] (last = final layer) seen through the lens."""
-        return ops.lens_stats(self.translate_sites(hidden), self.norm, self.unembed, targets, k, backend=backend)
+        return ops.lens_stats(self.translate_sites(hidden), self.norm, self.unembed, targets, k, backend=backend,
+                              token_sets=token_sets)
 
     # ---- the tuned-lens library's checkpoint format
     def config_dict(self) -> dict:

@@ -1,0 +1,49 @@
+"""`fusedlens refine`: guess-then-refine (seed 002) over a corpus, logit lens and a tuned lens side by side."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.backends import BACKENDS
+from ..core.checks import check_output_dir
+from ..core.config import BACKEND_HELP, ModelOptions, option, out_default
+from .config import add_arguments, from_args
+
+HELP = "guess then refine: top-1 and probability mass by token-frequency bucket per layer, refine rates, depth"
+
+
+@dataclass(kw_only=True)
+class RefineConfig(ModelOptions):
+    tokens: int = option(16_384, "tokens analysed (the corpus' first)")
+    seq_len: int = option(512, "tokens per forward")
+    buckets: str = option("10,100,1000", "upper frequency ranks of every bucket but the last")
+    counts: str | None = option(None, "token counts JSON (refine.TokenCounts.save); default: counted over the corpus")
+    tuned: str | None = option(None, "a tuned-lens checkpoint folder, read beside the logit lens")
+    text: str | None = option(None, "a UTF-8 text file as corpus (default: pydoc_data.topics)")
+    backend: str | None = option(None, BACKEND_HELP, choices=BACKENDS)
+    out: str = option(out_default("refine"), "output folder")
+    progress: bool = option(True, "no progress bar")
+
+
+def main(args) -> int:
+    from ..data.corpus import read_text
+    from ..refine.frequency import parse_buckets
+    from ..refine.run import refine
+    from ..report.refine import format_refine_table, write_refine_outputs
+
+    cfg = from_args(RefineConfig, args)
+    check_output_dir("out", cfg.out)
+    buckets = parse_buckets(cfg.buckets)
+    corpus = read_text(cfg.text) if cfg.text else None
+    lm = cfg.load()
+    result = refine(lm, corpus, tokens=cfg.tokens, seq_len=cfg.seq_len, buckets=buckets, counts=cfg.counts,
+                    tuned=cfg.tuned, backend=cfg.backend, progress=cfg.progress)
+    print(format_refine_table(result))
+    json_path, png_path = write_refine_outputs(result, cfg.out)
+    print(f"time: {result.meta['seconds']:.1f}s\nwrote {json_path} and {png_path}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("refine", help=HELP)
+    add_arguments(p, RefineConfig)
+    p.set_defaults(func=main)

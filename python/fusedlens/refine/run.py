@@ -1,0 +1,83 @@
+"""`refine()`: guess-then-refine statistics (seed 002) of a corpus, logit lens and a tuned lens side by side.
+
+Token frequencies come from the whole corpus (counts of each next token; or a counts
+file), their rank buckets become token sets, and one forward per window feeds the fused
+lens sweep of each lens with those sets: top-1 ids and per-bucket probability mass come
+out of the same sweep, and RefineSums adds them up. Nothing per token is kept.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import ops
+from ..core.capture import ResidualCapture
+from ..core.models import LensModel, load_model
+from ..data.windows import corpus_ids, windows
+from .aggregate import RefineSums
+from .frequency import DEFAULT_BUCKETS, TokenCounts, bucket_names, check_buckets
+
+
+@dataclass
+class RefineResult:
+    sites: list[str]
+    buckets: list[str]
+    lenses: dict  # lens name -> RefineSums.summary(...)
+    meta: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {**self.meta, "sites": self.sites, "buckets": self.buckets, "lenses": self.lenses}
+
+
+def refine(lm: LensModel | None = None, corpus=None, *, tokens: int = 16_384, seq_len: int = 512,
+           buckets=DEFAULT_BUCKETS, counts: TokenCounts | str | None = None, tuned=None, backend: str | None = None,
+           progress: bool = True) -> RefineResult:
+    """Per site and lens: top-1 share and probability mass per frequency bucket, refine rates, depth to correct.
+
+    corpus: text or token ids (default: the pydoc corpus); its first `tokens` tokens are
+    analysed, and the whole of it is counted for the frequencies unless `counts` (a
+    TokenCounts or a saved counts JSON) is given; buckets: upper ranks of every bucket but
+    the last; tuned: a TunedLens (or its checkpoint folder) read beside the logit lens.
+    """
+    for name, v, low in (("tokens", tokens, 1), ("seq_len", seq_len, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
+    t_start = time.perf_counter()
+    lm = lm or load_model()
+    bounds = check_buckets(buckets, lm.vocab_size)
+    ids = corpus_ids(lm.tokenizer, corpus, None)
+    if ids.numel() < tokens + 1:
+        raise ValueError(f"corpus: {ids.numel()} tokens, need {tokens + 1} (tokens + 1)")
+    if counts is None:
+        counts = TokenCounts(lm.vocab_size).update(ids[1:])
+    elif isinstance(counts, str):
+        counts = TokenCounts.load(counts, lm.vocab_size)
+    if counts.vocab_size != lm.vocab_size:
+        raise ValueError(f"counts: for a vocabulary of {counts.vocab_size}, the model has {lm.vocab_size}")
+    tuned_source = tuned if isinstance(tuned, str) else None
+    if isinstance(tuned, str):
+        from ..tuned.lens import TunedLens
+
+        tuned = TunedLens.load(tuned, lm)
+    bucket_of = counts.buckets(bounds)
+    names = bucket_names(bounds)
+    capture = ResidualCapture(lm)
+    sites = list(capture.sites)
+    lenses = {"logit": RefineSums(len(sites), bucket_of, len(names))}
+    if tuned is not None:
+        lenses["tuned"] = RefineSums(len(sites), bucket_of, len(names))
+    sets = lenses["logit"].token_sets()
+    for w in tqdm(windows(ids[:tokens + 1], seq_len, overlap=1), desc="refine", unit="window", disable=not progress):
+        res = capture.run(w[None])
+        stats = ops.lens_stats(res.hidden, lm.norm, lm.unembed, res.targets, 1, backend=backend, token_sets=sets)
+        lenses["logit"].update(stats, res.targets)
+        if tuned is not None:
+            lenses["tuned"].update(tuned.lens_stats(res.hidden, res.targets, 1, backend=backend, token_sets=sets),
+                                   res.targets)
+    meta = {"model": lm.describe(), "tokens": tokens, "seq_len": seq_len, "bucket_bounds": bounds,
+            "corpus_tokens_counted": counts.total, "tuned": tuned_source or (tuned is not None),
+            "seconds": time.perf_counter() - t_start}
+    return RefineResult(sites, names, {k: v.summary(sites, names) for k, v in lenses.items()}, meta)

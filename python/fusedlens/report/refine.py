@@ -1,0 +1,101 @@
+"""A guess-then-refine run (refine.refine) as a table, JSON and one four-panel picture: stacked top-1
+bucket shares per site for each lens beside the corpus' own next-token shares, probability mass per
+bucket, refine rates, and depth to the correct answer."""
+from __future__ import annotations
+
+import os
+
+from .common import pyplot, write_json
+
+
+def format_refine_table(result) -> str:
+    lines = []
+    for lens, s in result.lenses.items():
+        names = s["buckets"]
+        header = f"{'site':>9} " + " ".join(f"{'top1 ' + n:>13}" for n in names) + " " + \
+            " ".join(f"{'mass ' + n:>13}" for n in names) + f" {'refined ' + names[0]:>16}"
+        lines += [f"lens: {lens} ({s['tokens']} tokens; the corpus' next tokens by bucket: "
+                  + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, s["target_share"])) + ")", header,
+                  "-" * len(header)]
+        for i, site in enumerate(s["sites"]):
+            rate = s["final_differs_rate"][i][0]
+            lines.append(f"{site:>9} " + " ".join(f"{v:>13.3f}" for v in s["top1_share"][i]) + " "
+                         + " ".join(f"{v:>13.3f}" for v in s["mass"][i]) + " "
+                         + (f"{rate:>16.3f}" if rate is not None else f"{'-':>16}"))
+        lines.append(f"never correct: {s['never_correct_share']:.3f} of the tokens\n")
+    return "\n".join(lines)
+
+
+def plot_refine(result, path: str, title: str = "guess then refine") -> None:
+    plt = pyplot()
+    lenses = list(result.lenses)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    names = result.buckets
+    colours = [f"C{i}" for i in range(len(names))]
+    styles = {"logit": "-", "tuned": "--"}
+    # (a) stacked top-1 shares, one band of bars per lens, the corpus shares at the right
+    ax = axes[0, 0]
+    n_sites = len(result.sites)
+    width = 0.8 / len(lenses)
+    for li, lens in enumerate(lenses):
+        s = result.lenses[lens]
+        bottom = [0.0] * n_sites
+        for b, name in enumerate(names):
+            vals = [row[b] for row in s["top1_share"]]
+            ax.bar([i + li * width for i in range(n_sites)], vals, width, bottom=bottom, color=colours[b],
+                   alpha=1.0 if li == 0 else 0.55, label=f"{name}" if li == 0 else None,
+                   edgecolor="white", linewidth=0.3)
+            bottom = [x + v for x, v in zip(bottom, vals)]
+    target = result.lenses[lenses[0]]["target_share"]
+    bottom = 0.0
+    for b, v in enumerate(target):
+        ax.bar(n_sites + 1, v, 0.8, bottom=bottom, color=colours[b], hatch="//", edgecolor="black", linewidth=0.3)
+        bottom += v
+    ax.set_xticks([0, n_sites // 2, n_sites - 1, n_sites + 1], ["0", str(n_sites // 2), str(n_sites - 1), "corpus"])
+    ax.set_title("share of top-1 predictions by frequency bucket" + (" (logit solid, tuned pale)" if len(lenses) > 1
+                                                                      else ""))
+    ax.set_xlabel("site")
+    ax.legend(title="rank bucket", fontsize=8)
+    # (b) mass per bucket
+    ax = axes[0, 1]
+    for lens in lenses:
+        for b, name in enumerate(names):
+            ax.plot(range(n_sites), [row[b] for row in result.lenses[lens]["mass"]], color=colours[b],
+                    ls=styles.get(lens, ":"), label=f"{lens}: {name}")
+    ax.set_title("mean probability mass on each bucket")
+    ax.set_xlabel("site")
+    ax.legend(fontsize=7, ncol=2)
+    # (c) refine rate: top-1 in the bucket, final top-1 different
+    ax = axes[1, 0]
+    for lens in lenses:
+        for b, name in enumerate(names):
+            vals = [row[b] if row[b] is not None else float("nan") for row in result.lenses[lens]["final_differs_rate"]]
+            ax.plot(range(n_sites), vals, color=colours[b], ls=styles.get(lens, ":"), label=f"{lens}: {name}")
+    ax.set_title("refined later: share whose final top-1 differs, by the top-1's bucket")
+    ax.set_xlabel("site")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7, ncol=2)
+    # (d) depth to the correct answer
+    ax = axes[1, 1]
+    for li, lens in enumerate(lenses):
+        s = result.lenses[lens]
+        hist = s["depth_to_correct_hist"][:-1]
+        n = max(s["tokens"], 1)
+        ax.bar([i + li * width for i in range(len(hist))], [h / n for h in hist], width, label=lens)
+    ax.set_title(f"depth to the correct answer (never: {result.lenses[lenses[0]]['never_correct_share']:.2f})")
+    ax.set_xlabel("earliest site from which the top-1 is the true next token and stays")
+    ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_refine_outputs(result, out_dir: str, name: str = "refine") -> tuple[str, str]:
+    os.makedirs(out_dir, exist_ok=True)
+    json_path, png_path = os.path.join(out_dir, f"{name}.json"), os.path.join(out_dir, f"{name}.png")
+    write_json(result.to_json(), json_path)
+    model = result.meta.get("model", {}).get("model", "")
+    plot_refine(result, png_path, title=f"guess then refine, {model}: {result.meta.get('tokens')} tokens, "
+                                        f"lens{'es' if len(result.lenses) > 1 else ''} {', '.join(result.lenses)}")
+    return json_path, png_path

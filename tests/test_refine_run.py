@@ -1,0 +1,60 @@
+"""refine(): the corpus pass on a tiny real architecture (sums equal to a hand-built RefineSums; a tuned
+lens at its identity init reads exactly as the logit lens), and `fusedlens refine` on the real model."""
+import json
+
+import pytest
+import torch
+
+from fusedlens import cli, ops
+from fusedlens.core.capture import capture_residuals
+from fusedlens.core.models import LensModel
+from fusedlens.data.windows import windows
+from fusedlens.refine import RefineSums, TokenCounts
+from fusedlens.refine.run import refine
+from fusedlens.tuned.lens import TunedLens
+from tiny_models import VOCAB, tiny_model
+
+
+def test_refine_pass_on_a_tiny_model():
+    lm = LensModel.from_hf(tiny_model("llama"))
+    ids = torch.randint(0, VOCAB, (300,))
+    ids[::3] = 7  # a frequent token
+    tuned = TunedLens.from_model(lm)  # identity translators: the same statistics as the logit lens
+    result = refine(lm, ids, tokens=120, seq_len=50, buckets=[2, 10], tuned=tuned, progress=False)
+    assert result.buckets == ["1-2", "3-10", "11+"] and list(result.lenses) == ["logit", "tuned"]
+    counts = TokenCounts(lm.vocab_size).update(ids[1:])  # the whole corpus' next tokens
+    assert result.meta["corpus_tokens_counted"] == 299
+    sums = RefineSums(len(result.sites), counts.buckets([2, 10]), 3)
+    for w in windows(ids[:121], 50, overlap=1):
+        res = capture_residuals(lm, w[None])
+        sums.update(ops.lens_stats(res.hidden, lm.norm, lm.unembed, res.targets, 1, token_sets=sums.token_sets()),
+                    res.targets)
+    want = sums.summary(result.sites, result.buckets)
+    assert result.lenses["logit"] == want
+    assert result.lenses["tuned"]["top1_share"] == want["top1_share"]
+    assert result.lenses["tuned"]["depth_to_correct_hist"] == want["depth_to_correct_hist"]
+    assert result.lenses["logit"]["tokens"] == 120 and want["target_share"][0] > 0.3  # token 7 is 1-2
+
+
+def test_refine_bad_inputs():
+    lm = LensModel.from_hf(tiny_model("llama"))
+    ids = torch.randint(0, VOCAB, (50,))
+    with pytest.raises(ValueError, match="corpus: 50 tokens, need 101"):
+        refine(lm, ids, tokens=100, buckets=[5], progress=False)
+    with pytest.raises(ValueError, match="buckets"):
+        refine(lm, ids, tokens=20, buckets=[10, 5], progress=False)
+
+
+def test_cli_refine_on_the_real_model(real_lm, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("fusedlens.core.models.load_model", lambda *a, **k: real_lm)
+    rc = cli.main(["refine", "--tokens", "64", "--seq-len", "32", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "lens: logit" in printed and "top1 1-10" in printed and "never correct" in printed
+    saved = json.loads((tmp_path / "refine.json").read_text())
+    s = saved["lenses"]["logit"]
+    assert saved["buckets"] == ["1-10", "11-100", "101-1,000", "1,001+"] and len(s["sites"]) == 31
+    assert all(abs(sum(row) - 1) < 1e-9 for row in s["top1_share"]) and s["tokens"] == 64
+    assert all(abs(sum(row) - 1) < 1e-4 for row in s["mass"])
+    assert (tmp_path / "refine.png").stat().st_size > 20_000
+    assert cli.main(["refine", "--buckets", "10,x", "--out", str(tmp_path / "b")]) == 2
