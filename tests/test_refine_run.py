@@ -20,20 +20,26 @@ def test_refine_pass_on_a_tiny_model():
     ids = torch.randint(0, VOCAB, (300,))
     ids[::3] = 7  # a frequent token
     tuned = TunedLens.from_model(lm)  # identity translators: the same statistics as the logit lens
-    result = refine(lm, ids, tokens=120, seq_len=50, buckets=[2, 10], tuned=tuned, progress=False)
+    classes = {i: ("even" if i % 2 == 0 else "odd") for i in range(0, lm.vocab_size, 1)}
+    result = refine(lm, ids, tokens=120, seq_len=50, buckets=[2, 10], tuned=tuned, classes=classes, progress=False)
     assert result.buckets == ["1-2", "3-10", "11+"] and list(result.lenses) == ["logit", "tuned"]
     counts = TokenCounts(lm.vocab_size).update(ids[1:])  # the whole corpus' next tokens
     assert result.meta["corpus_tokens_counted"] == 299
-    sums = RefineSums(len(result.sites), counts.buckets([2, 10]), 3)
+    class_of = torch.arange(lm.vocab_size) % 2
+    sums = RefineSums(len(result.sites), counts.buckets([2, 10]), 3, class_of, 2)
     for w in windows(ids[:121], 50, overlap=1):
         res = capture_residuals(lm, w[None])
         sums.update(ops.lens_stats(res.hidden, lm.norm, lm.unembed, res.targets, 1, token_sets=sums.token_sets()),
                     res.targets)
-    want = sums.summary(result.sites, result.buckets)
+    want = sums.summary(result.sites, result.buckets, ["even", "odd"])
     assert result.lenses["logit"] == want
     assert result.lenses["tuned"]["top1_share"] == want["top1_share"]
     assert result.lenses["tuned"]["depth_to_correct_hist"] == want["depth_to_correct_hist"]
     assert result.lenses["logit"]["tokens"] == 120 and want["target_share"][0] > 0.3  # token 7 is 1-2
+    by_class = result.lenses["logit"]["depth_by_class"]
+    assert by_class["even"]["tokens"] + by_class["odd"]["tokens"] == 120
+    assert [a + b for a, b in zip(by_class["even"]["hist"], by_class["odd"]["hist"])] == \
+        result.lenses["logit"]["depth_to_correct_hist"]
 
 
 def test_refine_bad_inputs():
@@ -47,14 +53,40 @@ def test_refine_bad_inputs():
 
 def test_cli_refine_on_the_real_model(real_lm, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("fusedlens.core.models.load_model", lambda *a, **k: real_lm)
-    rc = cli.main(["refine", "--tokens", "64", "--seq-len", "32", "--out", str(tmp_path), "--no-progress"])
+    answers, choices = tmp_path / "a.jsonl", tmp_path / "c.jsonl"
+    answers.write_text(json.dumps({"prompt": "The capital of France is", "answer": " Paris, France"}) + "\n")
+    choices.write_text(json.dumps({"prompt": "Is ice cold? A) yes B) no. Answer:", "options": [" A", " B"],
+                                   "answer": " A"}) + "\n")
+    rc = cli.main(["refine", "--tokens", "64", "--seq-len", "32", "--answers", str(answers), "--choices", str(choices),
+                   "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "lens: logit" in printed and "top1 1-10" in printed and "never correct" in printed
+    assert "function word:" in printed
     saved = json.loads((tmp_path / "refine.json").read_text())
     s = saved["lenses"]["logit"]
     assert saved["buckets"] == ["1-10", "11-100", "101-1,000", "1,001+"] and len(s["sites"]) == 31
     assert all(abs(sum(row) - 1) < 1e-9 for row in s["top1_share"]) and s["tokens"] == 64
     assert all(abs(sum(row) - 1) < 1e-4 for row in s["mass"])
     assert (tmp_path / "refine.png").stat().st_size > 20_000
+    assert saved["tasks"]["logit"]["answers"]["first_token"]["tokens"] == 1
+    assert len(saved["tasks"]["logit"]["choices"]["answer_share"]) == 31
+    assert "multiple choice (1 prompts)" in printed and (tmp_path / "refine_tasks.png").stat().st_size > 10_000
+    fw = s["depth_by_class"]["function word"]
+    assert fw["tokens"] + s["depth_by_class"]["other"]["tokens"] == 64 and fw["tokens"] > 0
     assert cli.main(["refine", "--buckets", "10,x", "--out", str(tmp_path / "b")]) == 2
+
+
+def test_class_maps(real_lm, tmp_path):
+    from fusedlens.refine.classes import FUNCTION_WORDS, class_map
+
+    tok = real_lm.tokenizer
+    the = tok.convert_tokens_to_ids("Ġthe")
+    classes, names = class_map("function_words", tok, real_lm.vocab_size)
+    assert names == ["function word", "other"] and int(classes[the]) == 0 and "the" in FUNCTION_WORDS
+    assert int(classes[tok.convert_tokens_to_ids("Ġcomputer")]) == 1
+    path = tmp_path / "c.json"
+    path.write_text('{"Ġthe": "det", "Ġa": "det", "Ġnot_a_token_at_all": "x", "Ġdog": "noun"}')
+    with __import__("pytest").warns(UserWarning, match="1 of 4 entries name no token"):
+        classes, names = class_map(str(path), tok, real_lm.vocab_size)
+    assert names == ["det", "noun"] and int(classes[the]) == 0 and int((classes >= 0).sum()) == 3

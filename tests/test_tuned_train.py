@@ -219,3 +219,30 @@ def test_site_map_for_captured_layer_subsets(tiny_lm):
         lens.as_site_map()(mid.hidden, mid.sites)
     with pytest.raises(ValueError, match="sites=capture.sites"):
         lens.as_site_map()(res.hidden)
+
+
+def test_downweighted_training_weights_the_fused_loss(tiny_lm):
+    from fusedlens.core.capture import ResidualCapture
+    from fusedlens.tuned.train import most_frequent, row_weights
+
+    ids = torch.randint(3, VOCAB, (4000,))
+    ids[::2] = 5  # token 5 is the most frequent by far
+    assert most_frequent(ids, 2, VOCAB)[0] == 5
+    cfg = dict(steps=1, tokens_per_step=64, seq_len=32, lr=4.0, backend="cpu", compute="fp32")
+    # factor 1 is the unweighted recipe, bit for bit
+    a, b = TunedLens.from_model(tiny_lm), TunedLens.from_model(tiny_lm)
+    ha = train(tiny_lm, a, ids, TrainConfig(**cfg), progress=False)
+    hb = train(tiny_lm, b, ids, TrainConfig(**cfg, downweight_top=3, downweight_factor=1.0), progress=False)
+    assert ha["loss"] == hb["loss"] and all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    # factor 0.25: the step's loss and gradient are those of the weighted mean, by autograd on the torch backend
+    lens = TunedLens.from_model(tiny_lm)
+    hist = train(tiny_lm, lens, ids, TrainConfig(**cfg, downweight_top=3, downweight_factor=0.25), progress=False)
+    ref = TunedLens.from_model(tiny_lm)
+    res = ResidualCapture(tiny_lm, embed=True).run(ids[:64].reshape(2, 32))  # the stream's first step
+    kl = ref.kl_to_final(res.hidden[:-1], res.hidden[-1], backend="torch")
+    w = row_weights(res.targets, most_frequent(ids, 3, VOCAB), 0.25)
+    assert (w == 0.25).any() and (w == 1).any()
+    want = (kl.double() * w.double()).sum() / w.double().sum()
+    assert abs(hist["loss"][0] * len(ref.sites) - float(want)) <= 1e-4 * float(want)
+    plain = float(kl.double().mean(1).sum())
+    assert abs(hist["loss"][0] * len(ref.sites) - plain) > 1e-3 * plain  # the weights did change the loss

@@ -18,6 +18,12 @@ class RefineConfig(ModelOptions):
     buckets: str = option("10,100,1000", "upper frequency ranks of every bucket but the last")
     counts: str | None = option(None, "token counts JSON (refine.TokenCounts.save); default: counted over the corpus")
     tuned: str | None = option(None, "a tuned-lens checkpoint folder, read beside the logit lens")
+    classes: str = option("function_words", "token classes of depth to correct: function_words (built in), a JSON "
+                                             "{token or id: class}, or none")
+    answers: str | None = option(None, "JSONL of {prompt, answer}: depth to correct of answers' first token vs "
+                                       "the rest (teacher-forced)")
+    choices: str | None = option(None, "JSONL of {prompt, options, answer}: per layer, top-1 is an option (format) "
+                                       "and the most probable option is right (answer)")
     text: str | None = option(None, "a UTF-8 text file as corpus (default: pydoc_data.topics)")
     backend: str | None = option(None, BACKEND_HELP, choices=BACKENDS)
     out: str = option(out_default("refine"), "output folder")
@@ -36,7 +42,8 @@ def main(args) -> int:
     corpus = read_text(cfg.text) if cfg.text else None
     lm = cfg.load()
     result = refine(lm, corpus, tokens=cfg.tokens, seq_len=cfg.seq_len, buckets=buckets, counts=cfg.counts,
-                    tuned=cfg.tuned, backend=cfg.backend, progress=cfg.progress)
+                    tuned=cfg.tuned, classes=None if cfg.classes == "none" else cfg.classes, answers=cfg.answers,
+                    choices=cfg.choices, backend=cfg.backend, progress=cfg.progress)
     print(format_refine_table(result))
     json_path, png_path = write_refine_outputs(result, cfg.out)
     print(f"time: {result.meta['seconds']:.1f}s\nwrote {json_path} and {png_path}")

@@ -37,9 +37,13 @@ def changes_later(top1: torch.Tensor) -> torch.Tensor:
 
 
 class RefineSums:
-    def __init__(self, n_sites: int, bucket_of: torch.Tensor, n_buckets: int):
-        self.n_sites, self.n_buckets = n_sites, n_buckets
+    def __init__(self, n_sites: int, bucket_of: torch.Tensor, n_buckets: int, class_of: torch.Tensor | None = None,
+                 n_classes: int = 0):
+        self.n_sites, self.n_buckets, self.n_classes = n_sites, n_buckets, n_classes
         self.bucket_of = bucket_of.long().cpu()
+        self.class_of = None if class_of is None else class_of.long().cpu()
+        # depth to correct by the class of the true next token (class ids -1: counted in no class)
+        self.depth_by_class = torch.zeros(n_classes, n_sites + 1, dtype=torch.int64)
         z = lambda *shape: torch.zeros(*shape, dtype=torch.int64)  # noqa: E731
         self.top1, self.final_differs, self.changes_later = z(n_sites, n_buckets), z(n_sites, n_buckets), \
             z(n_sites, n_buckets)
@@ -70,30 +74,39 @@ class RefineSums:
         self.final_differs += flat(top1 != top1[-1:])
         self.changes_later += flat(changes_later(top1))
         self.target += torch.bincount(self.bucket_of[t], minlength=B)
-        self.depth += torch.bincount(depth_to_correct(top1, t), minlength=self.n_sites + 1)
+        depth = depth_to_correct(top1, t)
+        self.depth += torch.bincount(depth, minlength=self.n_sites + 1)
+        if self.class_of is not None:
+            c = self.class_of[t]
+            has = c >= 0
+            self.depth_by_class += torch.bincount(c[has] * (self.n_sites + 1) + depth[has],
+                                                  minlength=self.n_classes * (self.n_sites + 1)
+                                                  ).reshape(self.n_classes, self.n_sites + 1)
         m = stats.set_mass.cpu()[:, keep].double()
         self.mass[:, :B - 1] += m.sum(1)
         self.mass[:, B - 1] += (1 - m.sum(-1)).sum(1)
         self.n += int(keep.sum())
         return self
 
+    SUMS = ("top1", "final_differs", "changes_later", "target", "depth", "mass", "depth_by_class")
+
     def state(self) -> dict:
-        return {k: getattr(self, k) for k in ("top1", "final_differs", "changes_later", "target", "depth", "mass")} \
-            | {"n": torch.tensor(self.n)}
+        return {k: getattr(self, k) for k in self.SUMS} | {"n": torch.tensor(self.n)}
 
     def load_state(self, state: dict) -> None:
-        for k in ("top1", "final_differs", "changes_later", "target", "depth", "mass"):
+        for k in self.SUMS:
             setattr(self, k, state[k].clone())
         self.n = int(state["n"])
 
     def merge(self, other: "RefineSums") -> "RefineSums":
-        for k in ("top1", "final_differs", "changes_later", "target", "depth", "mass"):
+        for k in self.SUMS:
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.n += other.n
         return self
 
-    def summary(self, sites: list[str], names: list[str]) -> dict:
-        """Shares and rates per site and bucket (None where a bucket has no top-1 at a site)."""
+    def summary(self, sites: list[str], names: list[str], class_names: list[str] = ()) -> dict:
+        """Shares and rates per site and bucket (None where a bucket has no top-1 at a site); depth to
+        correct per class: the histogram, the share never right, the mean depth of the ones right."""
         n = max(self.n, 1)
         rate = lambda a, b: [[float(x) / int(y) if int(y) else None for x, y in zip(r, q)]  # noqa: E731
                              for r, q in zip(a, b)]
@@ -103,4 +116,14 @@ class RefineSums:
                 "final_differs_rate": rate(self.final_differs, self.top1),
                 "changes_later_rate": rate(self.changes_later, self.top1),
                 "depth_to_correct_hist": self.depth.tolist(),
-                "never_correct_share": float(self.depth[-1]) / n}
+                "never_correct_share": float(self.depth[-1]) / n,
+                "depth_by_class": {name: _depth_summary(h) for name, h in zip(class_names, self.depth_by_class)}}
+
+
+def _depth_summary(hist: torch.Tensor) -> dict:
+    n = int(hist.sum())
+    right = hist[:-1]
+    n_right = int(right.sum())
+    mean = float((right * torch.arange(right.numel())).sum()) / n_right if n_right else None
+    return {"tokens": n, "hist": hist.tolist(), "never_correct_share": float(hist[-1]) / n if n else None,
+            "mean_depth_when_correct": mean}

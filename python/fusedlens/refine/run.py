@@ -18,6 +18,8 @@ from ..core.capture import ResidualCapture
 from ..core.models import LensModel, load_model
 from ..data.windows import corpus_ids, windows
 from .aggregate import RefineSums
+from .classes import class_map
+from .tasks import answer_depths, multiple_choice, read_jsonl
 from .frequency import DEFAULT_BUCKETS, TokenCounts, bucket_names, check_buckets
 
 
@@ -27,20 +29,25 @@ class RefineResult:
     buckets: list[str]
     lenses: dict  # lens name -> RefineSums.summary(...)
     meta: dict = field(default_factory=dict)
+    tasks: dict = field(default_factory=dict)  # lens name -> {"answers": ..., "choices": ...} (refine.tasks)
 
     def to_json(self) -> dict:
-        return {**self.meta, "sites": self.sites, "buckets": self.buckets, "lenses": self.lenses}
+        return {**self.meta, "sites": self.sites, "buckets": self.buckets, "lenses": self.lenses, "tasks": self.tasks}
 
 
 def refine(lm: LensModel | None = None, corpus=None, *, tokens: int = 16_384, seq_len: int = 512,
-           buckets=DEFAULT_BUCKETS, counts: TokenCounts | str | None = None, tuned=None, backend: str | None = None,
+           buckets=DEFAULT_BUCKETS, counts: TokenCounts | str | None = None, tuned=None,
+           classes=None, answers: str | None = None, choices: str | None = None, backend: str | None = None,
            progress: bool = True) -> RefineResult:
     """Per site and lens: top-1 share and probability mass per frequency bucket, refine rates, depth to correct.
 
     corpus: text or token ids (default: the pydoc corpus); its first `tokens` tokens are
     analysed, and the whole of it is counted for the frequencies unless `counts` (a
     TokenCounts or a saved counts JSON) is given; buckets: upper ranks of every bucket but
-    the last; tuned: a TunedLens (or its checkpoint folder) read beside the logit lens.
+    the last; tuned: a TunedLens (or its checkpoint folder) read beside the logit lens;
+    classes: token classes for depth to correct by class (refine.classes.class_map:
+    'function_words', a JSON path, a dict or a callable; None: none); answers, choices:
+    JSONL files of prompts with answers / with options (refine.tasks), read by every lens.
     """
     for name, v, low in (("tokens", tokens, 1), ("seq_len", seq_len, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -64,11 +71,12 @@ def refine(lm: LensModel | None = None, corpus=None, *, tokens: int = 16_384, se
         tuned = TunedLens.load(tuned, lm)
     bucket_of = counts.buckets(bounds)
     names = bucket_names(bounds)
+    class_of, class_names = (None, []) if classes is None else class_map(classes, lm.tokenizer, lm.vocab_size)
     capture = ResidualCapture(lm)
     sites = list(capture.sites)
-    lenses = {"logit": RefineSums(len(sites), bucket_of, len(names))}
+    lenses = {"logit": RefineSums(len(sites), bucket_of, len(names), class_of, len(class_names))}
     if tuned is not None:
-        lenses["tuned"] = RefineSums(len(sites), bucket_of, len(names))
+        lenses["tuned"] = RefineSums(len(sites), bucket_of, len(names), class_of, len(class_names))
     sets = lenses["logit"].token_sets()
     for w in tqdm(windows(ids[:tokens + 1], seq_len, overlap=1), desc="refine", unit="window", disable=not progress):
         res = capture.run(w[None])
@@ -77,7 +85,22 @@ def refine(lm: LensModel | None = None, corpus=None, *, tokens: int = 16_384, se
         if tuned is not None:
             lenses["tuned"].update(tuned.lens_stats(res.hidden, res.targets, 1, backend=backend, token_sets=sets),
                                    res.targets)
+    tasks = {}
+    if answers or choices:
+        answer_items = read_jsonl(answers, ("prompt", "answer")) if answers else None
+        choice_items = read_jsonl(choices, ("prompt", "options", "answer")) if choices else None
+        readers = {"logit": None}
+        if tuned is not None:
+            readers["tuned"] = lambda h, t, token_sets=None: tuned.lens_stats(h, t, 1, backend=backend,
+                                                                              token_sets=token_sets)
+        for name, fn in readers.items():
+            tasks[name] = {}
+            if answer_items:
+                tasks[name]["answers"] = answer_depths(lm, answer_items, fn)
+            if choice_items:
+                tasks[name]["choices"] = multiple_choice(lm, choice_items, fn)
     meta = {"model": lm.describe(), "tokens": tokens, "seq_len": seq_len, "bucket_bounds": bounds,
             "corpus_tokens_counted": counts.total, "tuned": tuned_source or (tuned is not None),
             "seconds": time.perf_counter() - t_start}
-    return RefineResult(sites, names, {k: v.summary(sites, names) for k, v in lenses.items()}, meta)
+    return RefineResult(sites, names, {k: v.summary(sites, names, class_names) for k, v in lenses.items()}, meta,
+                        tasks)

@@ -22,7 +22,25 @@ def format_refine_table(result) -> str:
             lines.append(f"{site:>9} " + " ".join(f"{v:>13.3f}" for v in s["top1_share"][i]) + " "
                          + " ".join(f"{v:>13.3f}" for v in s["mass"][i]) + " "
                          + (f"{rate:>16.3f}" if rate is not None else f"{'-':>16}"))
-        lines.append(f"never correct: {s['never_correct_share']:.3f} of the tokens\n")
+        lines.append(f"never correct: {s['never_correct_share']:.3f} of the tokens")
+        for name, c in s.get("depth_by_class", {}).items():
+            mean = c["mean_depth_when_correct"]
+            lines.append(f"  {name}: {c['tokens']} tokens, never correct {c['never_correct_share'] or 0:.3f}, "
+                         f"mean depth when correct {'-' if mean is None else f'{mean:.1f}'}")
+        lines.append("")
+    for lens, t in result.tasks.items():
+        for kind in ("first_token", "later_tokens"):
+            if "answers" in t:
+                a = t["answers"][kind]
+                mean = a["mean_depth_when_correct"]
+                lines.append(f"{lens} lens, answers' {kind.replace('_', ' ')}: {a['tokens']} tokens, never correct "
+                             f"{a['never_correct_share'] or 0:.3f}, mean depth when correct "
+                             f"{'-' if mean is None else f'{mean:.1f}'}")
+        if "choices" in t:
+            c = t["choices"]
+            lines.append(f"{lens} lens, multiple choice ({c['prompts']} prompts), per site format / answer share:")
+            lines.append("  " + "  ".join(f"{s}:{f:.2f}/{a:.2f}" for s, f, a in
+                                         zip(c["sites"], c["format_share"], c["answer_share"])))
     return "\n".join(lines)
 
 
@@ -79,12 +97,54 @@ def plot_refine(result, path: str, title: str = "guess then refine") -> None:
     ax = axes[1, 1]
     for li, lens in enumerate(lenses):
         s = result.lenses[lens]
-        hist = s["depth_to_correct_hist"][:-1]
-        n = max(s["tokens"], 1)
-        ax.bar([i + li * width for i in range(len(hist))], [h / n for h in hist], width, label=lens)
-    ax.set_title(f"depth to the correct answer (never: {result.lenses[lenses[0]]['never_correct_share']:.2f})")
+        by_class = s.get("depth_by_class") or {"all tokens": {"hist": s["depth_to_correct_hist"], "tokens": s["tokens"]}}
+        for ci, (name, c) in enumerate(by_class.items()):
+            n = max(c["tokens"], 1)
+            cum, total = [], 0
+            for h in c["hist"][:-1]:
+                total += h
+                cum.append(total / n)
+            ax.plot(range(len(cum)), cum, color=f"C{ci}", ls=styles.get(lens, ":"), label=f"{lens}: {name}")
+    ax.set_ylabel("share of tokens right by this site")
+    ax.set_title("depth to the correct answer, cumulative, by the true token's class")
     ax.set_xlabel("earliest site from which the top-1 is the true next token and stays")
     ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_refine_tasks(result, path: str, title: str = "answers and multiple choice") -> None:
+    """Left: share of answer tokens right by each site (cumulative depth to correct), first token vs the rest.
+    Right: multiple choice per site: top-1 is an option (format), the most probable option is right (answer)."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    styles = {"logit": "-", "tuned": "--"}
+    for lens, t in result.tasks.items():
+        if "answers" in t:
+            for ci, kind in enumerate(("first_token", "later_tokens")):
+                a = t["answers"][kind]
+                n, total, cum = max(a["tokens"], 1), 0, []
+                for h in a["hist"][:-1]:
+                    total += h
+                    cum.append(total / n)
+                left.plot(range(len(cum)), cum, color=f"C{ci}", ls=styles.get(lens, ":"),
+                          label=f"{lens}: answer's {kind.replace('_', ' ')} ({a['tokens']})")
+        if "choices" in t:
+            c = t["choices"]
+            right.plot(range(len(c["sites"])), c["format_share"], color="C2", ls=styles.get(lens, ":"),
+                       label=f"{lens}: top-1 is an option letter")
+            right.plot(range(len(c["sites"])), c["answer_share"], color="C3", ls=styles.get(lens, ":"),
+                       label=f"{lens}: most probable option is right")
+    left.set_title("answer tokens right by this site (teacher-forced)")
+    right.set_title(f"multiple choice ({next(iter(result.tasks.values())).get('choices', {}).get('prompts', 0)} "
+                    "prompts)")
+    for ax in (left, right):
+        ax.set_xlabel("site")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -98,4 +158,7 @@ def write_refine_outputs(result, out_dir: str, name: str = "refine") -> tuple[st
     model = result.meta.get("model", {}).get("model", "")
     plot_refine(result, png_path, title=f"guess then refine, {model}: {result.meta.get('tokens')} tokens, "
                                         f"lens{'es' if len(result.lenses) > 1 else ''} {', '.join(result.lenses)}")
+    if result.tasks:
+        plot_refine_tasks(result, os.path.join(out_dir, f"{name}_tasks.png"), title=f"answers and multiple choice, "
+                                                                                  f"{model}")
     return json_path, png_path

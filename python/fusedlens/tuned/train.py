@@ -4,7 +4,8 @@ Recipe (Belrose et al., and the tuned-lens package's defaults): SGD with Nestero
 momentum 0.9, learning rate 1.0 in "dampened" units (the optimizer's lr is
 lr · (1 − momentum)), weight decay 1e-3 on A and b (i.e. toward the identity map),
 linear decay of the learning rate to 0 over the run, gradient norm clipped at 1.0.
-The loss of a step is Σ_sites mean_tokens KL(p_final ‖ p_lens); the progress bar
+The loss of a step is Σ_sites mean_tokens KL(p_final ‖ p_lens) (with --downweight-top N, a weighted
+mean: rows whose true next token is among the N most frequent weigh --factor); the progress bar
 shows it per site. Each step reads the next `tokens_per_step` tokens of the training
 stream (wrapping around at its end), runs the model once with residual capture and
 takes the final layer's distribution as the target.
@@ -38,7 +39,7 @@ from .lens import TunedLens
 
 STATE_FILE = "train_state.pt"
 RESUME_MUST_MATCH = ("steps", "tokens_per_step", "seq_len", "lr", "momentum", "weight_decay", "clip_norm",
-                     "warmup_steps")
+                     "warmup_steps", "downweight_top", "downweight_factor")
 
 
 @dataclass
@@ -57,6 +58,9 @@ class TrainConfig:
     backend: str | None = option(None, BACKEND_HELP, choices=BACKENDS)
     compute: str = option("auto", "GEMM operands of the fused loss (auto: bf16 where the CPU has bf16 dot "
                                   "instructions or the weights are bf16)", choices=("auto",) + COMPUTE_MODES)
+    downweight_top: int = option(0, "rows whose true next token is among the N most frequent tokens of the "
+                                    "training text get loss weight --factor (seed 002's down-weighted lens)")
+    downweight_factor: float = option(1.0, "the loss weight of those rows", flag="--factor")
 
     def __post_init__(self):
         for name in ("steps", "tokens_per_step", "seq_len"):
@@ -71,6 +75,24 @@ class TrainConfig:
             raise ValueError(f"compute: expected 'auto' or one of {COMPUTE_MODES}, got {self.compute!r}")
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(f"warmup_steps: expected in [0, steps), got {self.warmup_steps}")
+        if self.downweight_top < 0 or not 0 <= self.downweight_factor < float("inf"):
+            raise ValueError(f"downweight_top >= 0 and a finite factor >= 0 are needed, got {self.downweight_top}, "
+                             f"{self.downweight_factor}")
+
+
+def row_weights(targets: torch.Tensor, frequent: torch.Tensor | None, factor: float) -> torch.Tensor | None:
+    """Loss weight per row [tokens]: `factor` where the true next token is one of `frequent`, else 1
+    (rows without a next token: 1). None: no down-weighting."""
+    if frequent is None:
+        return None
+    hit = torch.isin(targets, frequent.to(targets.device)) & (targets >= 0)
+    return torch.where(hit, float(factor), 1.0)
+
+
+def most_frequent(ids: torch.Tensor, n: int, vocab_size: int) -> torch.Tensor:
+    """The n most frequent ids of a 1-D id tensor (ties by ascending id)."""
+    counts = torch.bincount(ids.reshape(-1).long(), minlength=vocab_size)
+    return torch.argsort(-counts, stable=True)[:n]
 
 
 def make_optimizer(lens: TunedLens, cfg: TrainConfig):
@@ -131,6 +153,7 @@ def train(lm: LensModel, lens: TunedLens, train_ids: torch.Tensor, cfg: TrainCon
         lens, step = _resume(state, out_dir, lm, lens, opt, sched, stream, history)
     compute = resolve_compute(cfg.compute, lens.unembed.weight, cfg.backend, training=True)
     history["compute"] = compute
+    frequent = most_frequent(train_ids, cfg.downweight_top, lm.vocab_size) if cfg.downweight_top else None
     lens.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="tuned lens", unit="step")
     running = None
@@ -138,7 +161,9 @@ def train(lm: LensModel, lens: TunedLens, train_ids: torch.Tensor, cfg: TrainCon
         t0 = time.perf_counter()
         res = capture.run(stream.next(cfg.tokens_per_step))
         kl = lens.kl_to_final(res.hidden[:-1], res.hidden[-1], backend=cfg.backend, compute=compute)
-        loss = kl.mean(1).sum()
+        w = row_weights(res.targets, frequent, cfg.downweight_factor)
+        # the weights reach the fused loss's gradient as its per-row upstream gradient
+        loss = kl.mean(1).sum() if w is None else (kl * w.to(kl)).sum(1).sum() / w.sum().clamp_min(1e-12)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lens.parameters(), cfg.clip_norm)
