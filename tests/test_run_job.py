@@ -87,7 +87,8 @@ def test_kill_and_resume_gives_the_uninterrupted_totals(model_dir, corpus_file, 
 
 def test_two_processes_equal_one(model_dir, corpus_file, tmp_path):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    probes = ("--probe", "logit", "--lag", "0", "--lag", "-1")  # all-reduced sums, one state per row pattern
+    # all-reduced sums: probes (one state per row pattern) and token counts
+    probes = ("--probe", "logit", "--lag", "0", "--lag", "-1", "--token-counts")
     subprocess.run(_cli(model_dir, corpus_file, one, *probes), check=True, capture_output=True)
     cmd = _cli(model_dir, corpus_file, two, *probes)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
@@ -96,6 +97,8 @@ def test_two_processes_equal_one(model_dir, corpus_file, tmp_path):
     with open(os.path.join(two, "summary.json")) as f:
         assert json.load(f)["processes"] == 2
     assert isinstance(_layers(one)[0]["probe_logit@lag-1_r2_heldout"], float)
+    counts = [json.load(open(os.path.join(d, "token_counts.json"))) for d in (one, two)]
+    assert counts[0] == counts[1] and counts[0]["total"] > 0
     for a, b in zip(_layers(one), _layers(two)):
         for key, value in a.items():
             assert b[key] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-5, abs=1e-7)), key
@@ -130,6 +133,32 @@ def test_run_probes_match_accumulators_built_by_hand(lm, corpus_file, tmp_path):
 
     header = format_table(summary["layers"]).splitlines()[0]
     assert "probe_logit@lag-1_r2_heldout" in header
+
+
+def test_run_refine_sums_match_a_hand_built_pass(lm, corpus_file, tmp_path):
+    """--token-counts, then --refine with those counts: the sums of the same sweep, resumable."""
+    from fusedlens import ops
+    from fusedlens.core.capture import capture_residuals
+    from fusedlens.refine import RefineSums, TokenCounts
+
+    first = run(RunConfig(corpus=[corpus_file], out=str(tmp_path / "a"), seq_len=32, batch_size=2,
+                          max_tokens=32 * 8, token_counts=True, progress=False), lm=lm)
+    counts_path = str(tmp_path / "a" / "token_counts.json")
+    counts = TokenCounts.load(counts_path, lm.vocab_size)
+    assert counts.total == first["tokens"] - 8  # every token but each sequence's last is a next token
+    run(RunConfig(corpus=[corpus_file], out=str(tmp_path / "b"), seq_len=32, batch_size=2, max_tokens=32 * 8,
+                  refine=counts_path, buckets="3,20", progress=False), lm=lm)
+    got = json.load(open(tmp_path / "b" / "refine.json"))
+    sums = RefineSums(len(got["sites"]), counts.buckets([3, 20]), 3)
+    for s in iter_sequences(lm.tokenizer, [corpus_file], 32, stop=8):
+        res = capture_residuals(lm, s.ids[None])
+        sums.update(ops.lens_stats(res.hidden, lm.norm, lm.unembed, res.targets, 5, token_sets=sums.token_sets()),
+                    res.targets)
+    want = sums.summary(got["sites"], got["buckets"])
+    have = got["lenses"]["logit"]
+    assert have["top1_share"] == want["top1_share"] and have["depth_to_correct_hist"] == want["depth_to_correct_hist"]
+    for a, b in zip(have["mass"], want["mass"]):
+        assert a == pytest.approx(b, abs=1e-5)
 
 
 def test_run_with_a_tuned_lens(lm, corpus_file, tmp_path):

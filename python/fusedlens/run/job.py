@@ -26,6 +26,7 @@ from ..data.windows import batched, pad_right
 from ..lens.aggregate import LensAggregate
 from .outputs import PictureRows, finish
 from .records import RecordWriter, token_table
+from .refine import CorpusRefine
 
 
 @dataclass(kw_only=True)
@@ -47,6 +48,10 @@ class RunConfig(ModelOptions):
                                    "entropy, loss", flag="--probe")
     probe_lags: list[int] = option([0], "lag K of the probes (repeatable): x_t against the target of position t+K "
                                         "of its sequence; -1 is seed 000 as written", flag="--lag")
+    token_counts: bool = option(False, "count each next token of the corpus (token_counts.json, for --refine)")
+    refine: str | None = option(None, "guess-then-refine sums of the lens by token-frequency bucket (refine.json), "
+                                      "the buckets ranked by a token_counts.json")
+    buckets: str = option("10,100,1000", "upper frequency ranks of the --refine buckets but the last")
     k: int = option(5, "top-k kept per token and site")
     dtype: str = option("float32", "model dtype", choices=("float32", "bfloat16", "float16"))
     backend: str | None = option(None, BACKEND_HELP, choices=BACKENDS)
@@ -112,11 +117,15 @@ def run(cfg: RunConfig, lm=None) -> dict:
         capture = ResidualCapture(lm, layers=capture.layers + [lm.n_layers - 1], embed=cfg.embed, mid=cfg.mid)
     lens = _tuned_lens(cfg, lm, capture.sites)
     probes = _probes(cfg, lm, capture.sites)
+    refine = CorpusRefine(lm, capture.sites, cfg.token_counts, cfg.refine, cfg.buckets) \
+        if cfg.token_counts or cfg.refine else None
     ckpt = StateFile(os.path.join(cfg.out, "checkpoint", f"rank{rank}.pt"), fingerprint)
     state = ckpt.load() or {}
     agg = LensAggregate.from_state_dict(state["lens"]) if "lens" in state else LensAggregate(capture.sites, lm.vocab_size)
     if probes is not None and "probes" in state:
         probes.load_state_dict(state["probes"])
+    if refine is not None and state.get("refine"):
+        refine.load_state_dict(state["refine"])
     pictures = PictureRows.from_state(state.get("pictures"), capture.sites)
     timers = Timers(state.get("seconds"))
     next_seq, tokens = state.get("next_sequence", 0), state.get("tokens", 0)
@@ -128,6 +137,7 @@ def run(cfg: RunConfig, lm=None) -> dict:
         if writer is not None:
             writer.close_part()
         ckpt.save({"lens": agg.state_dict(), "probes": probes.state_dict() if probes is not None else None,
+                   "refine": refine.state_dict() if refine is not None else None,
                    "seconds": timers.seconds, "next_sequence": next_seq, "tokens": tokens, "done": done,
                    "pictures": pictures.state()})
 
@@ -153,8 +163,11 @@ def run(cfg: RunConfig, lm=None) -> dict:
             timers.seconds["capture"] += capture.emit_seconds - emit0
             hidden = lens(res.hidden) if lens is not None else res.hidden
             stats = ops.lens_stats(hidden, lm.norm, lm.unembed, res.targets.to(hidden.device), cfg.k,
-                                   backend=cfg.backend, compute=cfg.compute)
+                                   backend=cfg.backend, compute=cfg.compute,
+                                   token_sets=refine.token_sets if refine is not None else None)
             agg.update(stats, res.targets)
+            if refine is not None:
+                refine.update(stats, res.targets)
             t = timers.add("lens", t)
             seq_of_row = torch.tensor([s.index for s in batch])[res.batch_index]
             pictures.keep(stats, res, seq_of_row)
@@ -178,7 +191,7 @@ def run(cfg: RunConfig, lm=None) -> dict:
     bar.close()
     if cfg.prompt and rank == 0:  # the grid of a prompt of the user's: its own forward, same capture and lens
         pictures.keep_prompt(lm, capture, lens, cfg)
-    return finish(cfg, lm, agg, probes, pictures, timers, tokens, rank, world, time.perf_counter() - t_start)
+    return finish(cfg, lm, agg, probes, pictures, timers, tokens, rank, world, time.perf_counter() - t_start, refine)
 
 
 def _bar_total(budget: int | None, progress: CorpusProgress, tokens: int, world: int) -> int | None:
