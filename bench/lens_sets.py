@@ -1,6 +1,8 @@
 """What token-set mass costs ops.lens_stats on the cpu backend: the same sweep without sets, with 8 sets
 covering the whole vocabulary (every logit is in a set: the worst case) and with 8 sets of 1,000 tokens
-in all (frequency buckets, answer options), side by side on the same inputs, rounds interleaved.
+in all (frequency buckets, answer options), against naive PyTorch (logits per layer, softmax, a one-hot
+matmul for the set mass) and the floor (the bare GEMM of the same shape), side by side on the same
+inputs, rounds interleaved.
 
     python bench/lens_sets.py --tokens 512 --rounds 3
 """
@@ -12,8 +14,15 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from lens_cpu import make_inputs  # noqa: E402
+from lens_cpu import bare_gemm, make_inputs  # noqa: E402
 from measure import write_result  # noqa: E402
+
+
+def naive_set_mass(hidden, norm, unembed, sets):
+    """What one writes without fusedlens: every layer's logits, their softmax, the mass of each set."""
+    xn, w = norm(hidden), unembed.weight
+    member = torch.nn.functional.one_hot(sets.clamp_min(0), int(sets.max()) + 1).float() * (sets >= 0)[:, None]
+    return [torch.softmax(xn[s] @ w.T, -1) @ member for s in range(xn.shape[0])]
 
 
 def main():
@@ -31,18 +40,25 @@ def main():
     dense = torch.randint(0, 8, (args.vocab,), generator=g)
     sparse = torch.full((args.vocab,), -1)
     sparse[torch.randperm(args.vocab, generator=g)[:1000]] = torch.arange(1000) % 8
-    variants = {"no_sets": None, "8_sets_whole_vocab": dense, "8_sets_1000_tokens": sparse}
+    fused = lambda sets: lambda: ops.lens_stats(hidden, norm, unembed, targets, 5, backend="cpu",  # noqa: E731
+                                                token_sets=sets)
+    variants = {"no_sets": fused(None), "8_sets_whole_vocab": fused(dense), "8_sets_1000_tokens": fused(sparse),
+                "naive_torch_8_sets_whole_vocab": lambda: naive_set_mass(hidden, norm, unembed, dense),
+                "bare_gemm": lambda: bare_gemm(norm(hidden), unembed.weight)}
     best = {}
     for r in range(args.rounds):
-        for name, sets in variants.items():
+        for name, fn in variants.items():
             t0 = time.perf_counter()
-            ops.lens_stats(hidden, norm, unembed, targets, 5, backend="cpu", token_sets=sets)
+            fn()
             best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
         print(f"round {r}: " + ", ".join(f"{k} {v:.2f} s" for k, v in best.items()), flush=True)
     ratios = {k: v / best["no_sets"] for k, v in best.items()}
-    print({k: round(v, 3) for k, v in ratios.items()})
+    over_gemm = {k: v / best["bare_gemm"] for k, v in best.items()}
+    print("over no sets:", {k: round(v, 3) for k, v in ratios.items()})
+    print("over the bare GEMM:", {k: round(v, 3) for k, v in over_gemm.items()})
     write_result({"tokens": args.tokens, "vocab": args.vocab, "sites": hidden.shape[0], "rounds": args.rounds,
                   "threads": torch.get_num_threads(), "seconds": best, "over_no_sets": ratios,
+                  "over_bare_gemm": over_gemm,
                   "load_average": list(os.getloadavg())}, args.out)
     print(f"wrote {args.out}")
 

@@ -443,7 +443,7 @@ def lens_stats(xn, w, bias, softcap, targets, k, *, block_v: int | None = None, 
     set_mass = torch.empty(S, T, n_sets, dtype=torch.float32, device=dev)
     grid = (triton.cdiv(T, block_t), groups)
     _lens_kernel[grid](xn, w, b_arg, targets, final_top1, lse_final.contiguous(),
-                       token_sets if token_sets is not None else targets,
+                       token_sets if token_sets is not None else targets,  # never read when N_SETS == 0
                        lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl, final_rank, set_mass,
                        S, T, V, d, xn.stride(0), xn.stride(1), w.stride(0), softcap,
                        K=k, KP=kp, BLOCK_T=block_t, SITES_P=sites_p, N_SETS=n_sets, **common,

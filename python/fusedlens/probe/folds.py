@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from .accumulator import Moments, RidgeAccumulator
-from .solve import DEFAULT_ALPHAS, check_alphas, cross_validate_parts, default_rcond, map_sites
+from .solve import DEFAULT_ALPHAS, check_alphas, cross_validate_parts, default_rcond, map_sites, pool
 
 
 def _pattern_key(present: torch.Tensor) -> str:
@@ -133,7 +133,7 @@ class Folds:
         return out
 
     def training_moments(self, site: int, columns: list[int]) -> Moments:
-        return sum_moments([self.moments(b, site, columns) for b in range(self.k)])
+        return pool([self.moments(b, site, columns) for b in range(self.k)])
 
     def state(self) -> list[dict]:
         return [{key: acc.state() for key, acc in b.items()} for b in self.buckets]
@@ -157,10 +157,3 @@ class Folds:
             for key in sorted({k for rank in everyone for k in rank[b]}):
                 self._acc(b, key).all_reduce()
 
-
-def sum_moments(parts: list[Moments | None]) -> Moments:
-    parts = [p for p in parts if p is not None]
-    total = parts[0]
-    for p in parts[1:]:
-        total = total + p
-    return total

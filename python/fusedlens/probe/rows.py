@@ -59,8 +59,8 @@ def position_mask(ranges, position: torch.Tensor, length: torch.Tensor) -> torch
         return torch.ones_like(position, dtype=torch.bool)
     keep = torch.zeros_like(position, dtype=torch.bool)
     for first, last in ranges:
-        lo = torch.where(torch.tensor(first < 0), length + first, torch.full_like(length, first))
-        hi = length - 1 if last is None else (length + last if last < 0 else torch.full_like(length, last))
+        lo = length + first if first < 0 else torch.full_like(length, first)
+        hi = length - 1 if last is None else length + last if last < 0 else torch.full_like(length, last)
         keep |= (position >= lo) & (position <= hi)
     return keep
 

@@ -167,14 +167,14 @@ def cross_validate_parts(parts: list[Moments], held: Moments | None, alphas, rco
     alphas = torch.as_tensor(alphas, dtype=torch.float64)
     sse_val, sst_val = 0.0, 0.0
     for f, part in enumerate(parts):
-        fit = SiteFit.fit(_pool(parts[:f] + parts[f + 1:]), rcond)
+        fit = SiteFit.fit(pool(parts[:f] + parts[f + 1:]), rcond)
         sse_val = sse_val + fit.sse(part, alphas * fit.scale)
         sst_val = sst_val + part.yy
     r2_val = r2(sse_val, sst_val)  # [L, m]
     best = r2_val.nan_to_num(nan=-torch.inf).argmax(0)  # [m]
     for cols in shared:
         best[cols] = int(sse_val[:, cols].sum(1).argmin())
-    full = SiteFit.fit(_pool(parts), rcond)
+    full = SiteFit.fit(pool(parts), rcond)
     lams = alphas * full.scale
     r2_train = r2(full.train_sse(lams), full.train.yy)
     r2_test = None if held is None else r2(full.sse(held, lams), held.yy)
@@ -185,7 +185,9 @@ def cross_validate_parts(parts: list[Moments], held: Moments | None, alphas, rco
             for j, b in enumerate(best.tolist())]
 
 
-def _pool(parts: list[Moments]) -> Moments:
+def pool(parts: list[Moments | None]) -> Moments:
+    """The moments of the union of disjoint samples (None parts: no rows)."""
+    parts = [p for p in parts if p is not None]
     total = parts[0]
     for p in parts[1:]:
         total = total + p

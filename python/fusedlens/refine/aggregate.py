@@ -98,6 +98,16 @@ class RefineSums:
             setattr(self, k, state[k].clone())
         self.n = int(state["n"])
 
+    def all_reduce(self, group=None) -> "RefineSums":
+        import torch.distributed as dist
+
+        for k in self.SUMS:
+            dist.all_reduce(getattr(self, k), group=group)
+        n = torch.tensor([self.n], dtype=torch.int64)
+        dist.all_reduce(n, group=group)
+        self.n = int(n)
+        return self
+
     def merge(self, other: "RefineSums") -> "RefineSums":
         for k in self.SUMS:
             setattr(self, k, getattr(self, k) + getattr(other, k))
@@ -117,10 +127,12 @@ class RefineSums:
                 "changes_later_rate": rate(self.changes_later, self.top1),
                 "depth_to_correct_hist": self.depth.tolist(),
                 "never_correct_share": float(self.depth[-1]) / n,
-                "depth_by_class": {name: _depth_summary(h) for name, h in zip(class_names, self.depth_by_class)}}
+                "depth_by_class": {name: depth_summary(h) for name, h in zip(class_names, self.depth_by_class)}}
 
 
-def _depth_summary(hist: torch.Tensor) -> dict:
+def depth_summary(hist: torch.Tensor) -> dict:
+    """A depth-to-correct histogram [sites + 1] (last: never right) with its token count, the share
+    never right and the mean depth of the tokens that are."""
     n = int(hist.sum())
     right = hist[:-1]
     n_right = int(right.sum())

@@ -24,10 +24,8 @@ there here when where why how very just too also only
 
 def function_word_classes(tokenizer, vocab_size: int) -> tuple[torch.Tensor, list[str]]:
     """Class 0 'function word' for every token whose text (stripped, lower case) is one, 1 'other'."""
-    out = torch.ones(vocab_size, dtype=torch.long)
-    for i in range(vocab_size):
-        if tokenizer.decode([i]).strip().lower() in FUNCTION_WORDS:
-            out[i] = 0
+    texts = tokenizer.batch_decode([[i] for i in range(vocab_size)])
+    out = torch.tensor([0 if t.strip().lower() in FUNCTION_WORDS else 1 for t in texts], dtype=torch.long)
     return out, ["function word", "other"]
 
 

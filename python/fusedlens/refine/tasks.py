@@ -15,7 +15,7 @@ import torch
 from .. import ops
 from ..core.capture import ResidualCapture
 from ..data.windows import tokenize
-from .aggregate import depth_to_correct
+from .aggregate import depth_summary, depth_to_correct
 
 
 def read_jsonl(path: str, keys: tuple[str, ...]) -> list[dict]:
@@ -53,7 +53,7 @@ def answer_depths(lm, items: list[dict], stats_fn=None) -> dict:
         depth = depth_to_correct(stats.top1[:, rows].cpu(), ids[rows + 1])
         first[depth[0]] += 1
         rest += torch.bincount(depth[1:], minlength=S + 1)
-    return {"sites": capture.sites, "first_token": _hist(first), "later_tokens": _hist(rest)}
+    return {"sites": capture.sites, "first_token": depth_summary(first), "later_tokens": depth_summary(rest)}
 
 
 def multiple_choice(lm, items: list[dict], stats_fn=None) -> dict:
@@ -93,11 +93,3 @@ def _logit_stats(lm):
     return lambda hidden, targets, token_sets=None: ops.lens_stats(hidden, lm.norm, lm.unembed, targets, 1,
                                                                    token_sets=token_sets)
 
-
-def _hist(h: torch.Tensor) -> dict:
-    n = int(h.sum())
-    right = h[:-1]
-    n_right = int(right.sum())
-    return {"tokens": n, "hist": h.tolist(), "never_correct_share": float(h[-1]) / n if n else None,
-            "mean_depth_when_correct": float((right * torch.arange(right.numel())).sum()) / n_right if n_right
-            else None}

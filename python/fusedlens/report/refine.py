@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from .common import pyplot, write_json
 
 
@@ -99,11 +101,7 @@ def plot_refine(result, path: str, title: str = "guess then refine") -> None:
         s = result.lenses[lens]
         by_class = s.get("depth_by_class") or {"all tokens": {"hist": s["depth_to_correct_hist"], "tokens": s["tokens"]}}
         for ci, (name, c) in enumerate(by_class.items()):
-            n = max(c["tokens"], 1)
-            cum, total = [], 0
-            for h in c["hist"][:-1]:
-                total += h
-                cum.append(total / n)
+            cum = _right_by_site(c)
             ax.plot(range(len(cum)), cum, color=f"C{ci}", ls=styles.get(lens, ":"), label=f"{lens}: {name}")
     ax.set_ylabel("share of tokens right by this site")
     ax.set_title("depth to the correct answer, cumulative, by the true token's class")
@@ -113,6 +111,12 @@ def plot_refine(result, path: str, title: str = "guess then refine") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _right_by_site(depth: dict) -> list[float]:
+    """From a depth-to-correct summary (refine.aggregate.depth_summary): the share of its tokens right by each site."""
+    right = torch.tensor(depth["hist"][:-1], dtype=torch.float64).cumsum(0) / max(depth["tokens"], 1)
+    return right.tolist()
 
 
 def plot_refine_tasks(result, path: str, title: str = "answers and multiple choice") -> None:
@@ -125,10 +129,7 @@ def plot_refine_tasks(result, path: str, title: str = "answers and multiple choi
         if "answers" in t:
             for ci, kind in enumerate(("first_token", "later_tokens")):
                 a = t["answers"][kind]
-                n, total, cum = max(a["tokens"], 1), 0, []
-                for h in a["hist"][:-1]:
-                    total += h
-                    cum.append(total / n)
+                cum = _right_by_site(a)
                 left.plot(range(len(cum)), cum, color=f"C{ci}", ls=styles.get(lens, ":"),
                           label=f"{lens}: answer's {kind.replace('_', ' ')} ({a['tokens']})")
         if "choices" in t:

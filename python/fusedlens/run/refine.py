@@ -42,16 +42,10 @@ class CorpusRefine:
             self.sums.load_state(state["sums"])
 
     def all_reduce(self) -> None:
-        import torch.distributed as dist
-
         if self.counts is not None:
             self.counts.all_reduce()
         if self.sums is not None:
-            for name in RefineSums.SUMS:
-                dist.all_reduce(getattr(self.sums, name))
-            n = torch.tensor([self.sums.n], dtype=torch.int64)
-            dist.all_reduce(n)
-            self.sums.n = int(n)
+            self.sums.all_reduce()
 
     def write(self, out: str, lens: str) -> None:
         from ..report.common import write_json
