@@ -58,7 +58,9 @@ def check(backend, case, compute="fp32"):
     assert_close("lse", got.lse, want.lse)
     assert_close("lse_final", got.lse_final, want.lse_final)
     assert rel_err(x.grad, grad) < GRAD_RTOL, f"grad: relative error {rel_err(x.grad, grad):.3g}"
-    assert want.kl.min() > 0.05  # distributions differ: the gradient is not ~0
+    # the distributions differ (so the gradient is not ~0); the mean, since one row of
+    # fresh random logits may by chance sit close to the final distribution
+    assert want.kl.mean() > 0.1
     return got
 
 
