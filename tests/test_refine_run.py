@@ -42,11 +42,26 @@ def test_refine_pass_on_a_tiny_model():
         result.lenses["logit"]["depth_to_correct_hist"]
 
 
+def test_refine_from_a_start_token():
+    # the tail read with start=-41 is the same window as the tail alone (counts from the whole corpus)
+    lm = LensModel.from_hf(tiny_model("llama"))
+    ids = torch.randint(0, VOCAB, (200,))
+    counts = TokenCounts(lm.vocab_size).update(ids[1:])
+    tail = refine(lm, ids, tokens=40, start=-41, seq_len=16, buckets=[5], counts=counts, progress=False)
+    alone = refine(lm, ids[-41:], tokens=40, seq_len=16, buckets=[5], counts=counts, progress=False)
+    head = refine(lm, ids, tokens=40, seq_len=16, buckets=[5], counts=counts, progress=False)
+    assert tail.meta["start"] == 159 and tail.lenses == alone.lenses and tail.lenses != head.lenses
+
+
 def test_refine_bad_inputs():
     lm = LensModel.from_hf(tiny_model("llama"))
     ids = torch.randint(0, VOCAB, (50,))
-    with pytest.raises(ValueError, match="corpus: 50 tokens, need 101"):
+    with pytest.raises(ValueError, match="corpus: 50 tokens from 0, need 101"):
         refine(lm, ids, tokens=100, buckets=[5], progress=False)
+    with pytest.raises(ValueError, match="corpus: 10 tokens from 40, need 21"):
+        refine(lm, ids, tokens=20, start=-10, buckets=[5], progress=False)
+    with pytest.raises(ValueError, match="start: expected an int in"):
+        refine(lm, ids, tokens=20, start=50, buckets=[5], progress=False)
     with pytest.raises(ValueError, match="buckets"):
         refine(lm, ids, tokens=20, buckets=[10, 5], progress=False)
 

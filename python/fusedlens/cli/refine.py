@@ -13,7 +13,9 @@ HELP = "guess then refine: top-1 and probability mass by token-frequency bucket 
 
 @dataclass(kw_only=True)
 class RefineConfig(ModelOptions):
-    tokens: int = option(16_384, "tokens analysed (the corpus' first)")
+    tokens: int = option(16_384, "tokens analysed (from --start)")
+    start: int = option(0, "the first token analysed; negative: from the corpus end (e.g. a tuned lens' held-out "
+                           "tail: --start -16385 --tokens 16384)")
     seq_len: int = option(512, "tokens per forward")
     buckets: str = option("10,100,1000", "upper frequency ranks of every bucket but the last")
     counts: str | None = option(None, "token counts JSON (refine.TokenCounts.save); default: counted over the corpus")
@@ -41,7 +43,7 @@ def main(args) -> int:
     buckets = parse_buckets(cfg.buckets)
     corpus = read_text(cfg.text) if cfg.text else None
     lm = cfg.load()
-    result = refine(lm, corpus, tokens=cfg.tokens, seq_len=cfg.seq_len, buckets=buckets, counts=cfg.counts,
+    result = refine(lm, corpus, tokens=cfg.tokens, start=cfg.start, seq_len=cfg.seq_len, buckets=buckets, counts=cfg.counts,
                     tuned=cfg.tuned, classes=None if cfg.classes == "none" else cfg.classes, answers=cfg.answers,
                     choices=cfg.choices, backend=cfg.backend, progress=cfg.progress)
     print(format_refine_table(result))

@@ -35,14 +35,14 @@ class RefineResult:
         return {**self.meta, "sites": self.sites, "buckets": self.buckets, "lenses": self.lenses, "tasks": self.tasks}
 
 
-def refine(lm: LensModel | None = None, corpus=None, *, tokens: int = 16_384, seq_len: int = 512,
+def refine(lm: LensModel | None = None, corpus=None, *, tokens: int = 16_384, start: int = 0, seq_len: int = 512,
            buckets=DEFAULT_BUCKETS, counts: TokenCounts | str | None = None, tuned=None,
            classes=None, answers: str | None = None, choices: str | None = None, backend: str | None = None,
            progress: bool = True) -> RefineResult:
     """Per site and lens: top-1 share and probability mass per frequency bucket, refine rates, depth to correct.
 
-    corpus: text or token ids (default: the pydoc corpus); its first `tokens` tokens are
-    analysed, and the whole of it is counted for the frequencies unless `counts` (a
+    corpus: text or token ids (default: the pydoc corpus); `tokens` tokens from `start`
+    (negative: counted from the end) are analysed, and the whole of it is counted for the frequencies unless `counts` (a
     TokenCounts or a saved counts JSON) is given; buckets: upper ranks of every bucket but
     the last; tuned: a TunedLens (or its checkpoint folder) read beside the logit lens;
     classes: token classes for depth to correct by class (refine.classes.class_map:
@@ -56,8 +56,11 @@ def refine(lm: LensModel | None = None, corpus=None, *, tokens: int = 16_384, se
     lm = lm or load_model()
     bounds = check_buckets(buckets, lm.vocab_size)
     ids = corpus_ids(lm.tokenizer, corpus, None)
-    if ids.numel() < tokens + 1:
-        raise ValueError(f"corpus: {ids.numel()} tokens, need {tokens + 1} (tokens + 1)")
+    if isinstance(start, bool) or not isinstance(start, int) or not -ids.numel() <= start < ids.numel():
+        raise ValueError(f"start: expected an int in [{-ids.numel()}, {ids.numel()}), got {start!r}")
+    first = start % ids.numel()
+    if ids.numel() - first < tokens + 1:
+        raise ValueError(f"corpus: {ids.numel() - first} tokens from {first}, need {tokens + 1} (tokens + 1)")
     if counts is None:
         counts = TokenCounts(lm.vocab_size).update(ids[1:])
     elif isinstance(counts, str):
@@ -78,7 +81,7 @@ def refine(lm: LensModel | None = None, corpus=None, *, tokens: int = 16_384, se
     if tuned is not None:
         lenses["tuned"] = RefineSums(len(sites), bucket_of, len(names), class_of, len(class_names))
     sets = lenses["logit"].token_sets()
-    for w in tqdm(windows(ids[:tokens + 1], seq_len, overlap=1), desc="refine", unit="window", disable=not progress):
+    for w in tqdm(windows(ids[first:first + tokens + 1], seq_len, overlap=1), desc="refine", unit="window", disable=not progress):
         res = capture.run(w[None])
         stats = ops.lens_stats(res.hidden, lm.norm, lm.unembed, res.targets, 1, backend=backend, token_sets=sets)
         lenses["logit"].update(stats, res.targets)
@@ -99,7 +102,7 @@ def refine(lm: LensModel | None = None, corpus=None, *, tokens: int = 16_384, se
                 tasks[name]["answers"] = answer_depths(lm, answer_items, fn)
             if choice_items:
                 tasks[name]["choices"] = multiple_choice(lm, choice_items, fn)
-    meta = {"model": lm.describe(), "tokens": tokens, "seq_len": seq_len, "bucket_bounds": bounds,
+    meta = {"model": lm.describe(), "tokens": tokens, "start": first, "seq_len": seq_len, "bucket_bounds": bounds,
             "corpus_tokens_counted": counts.total, "tuned": tuned_source or (tuned is not None),
             "seconds": time.perf_counter() - t_start}
     return RefineResult(sites, names, {k: v.summary(sites, names, class_names) for k, v in lenses.items()}, meta,
