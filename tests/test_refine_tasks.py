@@ -7,7 +7,8 @@ import torch
 
 from fusedlens.core.capture import capture_residuals
 from fusedlens.data.windows import tokenize
-from fusedlens.refine.tasks import answer_depths, multiple_choice, read_jsonl
+from fusedlens.data.prompts import read_jsonl
+from fusedlens.refine.tasks import answer_depths, multiple_choice
 
 
 def write(path, rows):

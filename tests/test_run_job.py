@@ -65,7 +65,7 @@ def _layers(out):
 
 def test_kill_and_resume_gives_the_uninterrupted_totals(model_dir, corpus_file, tmp_path):
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
-    probes = ("--probe", "logit", "--lag", "0", "--lag", "-1")  # the probe sums, one state per row pattern
+    probes = ("--probe", "logit", "--lag", "0", "--lag", "-1", "--dla")  # probe sums, one state per row pattern
     subprocess.run(_cli(model_dir, corpus_file, whole, "--records", *probes), check=True, capture_output=True)
     proc = subprocess.Popen(_cli(model_dir, corpus_file, killed, "--records", *probes), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -81,6 +81,9 @@ def test_kill_and_resume_gives_the_uninterrupted_totals(model_dir, corpus_file, 
     subprocess.run(_cli(model_dir, corpus_file, killed, "--records", *probes), check=True, capture_output=True)
     assert _layers(killed) == _layers(whole)
     assert "probe_logit@lag-1_r2_heldout" in _layers(whole)[0]
+    dla = [json.load(open(os.path.join(d, "dla.json"))) for d in (whole, killed)]
+    assert dla[0]["tokens"] == dla[1]["tokens"] > 0
+    assert dla[0]["mean_contribution"] == pytest.approx(dla[1]["mean_contribution"], rel=1e-9, abs=1e-12)
     a, b = read_records(os.path.join(whole, "records")), read_records(os.path.join(killed, "records"))
     assert a.num_rows == b.num_rows and a.column("kl_to_final").equals(b.column("kl_to_final"))
 
@@ -88,7 +91,7 @@ def test_kill_and_resume_gives_the_uninterrupted_totals(model_dir, corpus_file, 
 def test_two_processes_equal_one(model_dir, corpus_file, tmp_path):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     # all-reduced sums: probes (one state per row pattern) and token counts
-    probes = ("--probe", "logit", "--lag", "0", "--lag", "-1", "--token-counts")
+    probes = ("--probe", "logit", "--lag", "0", "--lag", "-1", "--token-counts", "--dla")
     subprocess.run(_cli(model_dir, corpus_file, one, *probes), check=True, capture_output=True)
     cmd = _cli(model_dir, corpus_file, two, *probes)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
@@ -99,6 +102,9 @@ def test_two_processes_equal_one(model_dir, corpus_file, tmp_path):
     assert isinstance(_layers(one)[0]["probe_logit@lag-1_r2_heldout"], float)
     counts = [json.load(open(os.path.join(d, "token_counts.json"))) for d in (one, two)]
     assert counts[0] == counts[1] and counts[0]["total"] > 0
+    dla = [json.load(open(os.path.join(d, "dla.json"))) for d in (one, two)]
+    assert dla[0]["tokens"] == dla[1]["tokens"] and dla[0]["mean_logit"] == pytest.approx(dla[1]["mean_logit"], rel=1e-5)
+    assert dla[0]["mean_contribution"] == pytest.approx(dla[1]["mean_contribution"], rel=1e-5, abs=1e-7)
     for a, b in zip(_layers(one), _layers(two)):
         for key, value in a.items():
             assert b[key] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-5, abs=1e-7)), key
@@ -159,6 +165,28 @@ def test_run_refine_sums_match_a_hand_built_pass(lm, corpus_file, tmp_path):
     assert have["top1_share"] == want["top1_share"] and have["depth_to_correct_hist"] == want["depth_to_correct_hist"]
     for a, b in zip(have["mass"], want["mass"]):
         assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_run_dla_means_match_dla_per_sequence(lm, corpus_file, tmp_path):
+    """--dla: the corpus means of every component's effect on the true next token equal those of
+    fusedlens.dla run on each sequence alone; the block-level parts sum to the mean logit."""
+    from fusedlens.dla import dla
+
+    run(RunConfig(corpus=[corpus_file], out=str(tmp_path), seq_len=32, batch_size=3, max_tokens=32 * 7, dla=True,
+                  progress=False), lm=lm)
+    got = json.load(open(tmp_path / "dla.json"))
+    sums, n, logit = None, 0, 0.0
+    for s in iter_sequences(lm.tokenizer, [corpus_file], 32, stop=7):
+        r = dla(lm, s.ids[None], ("attn", "mlp", "head"), k=0)
+        rows = r.rows_of("next")
+        part = r.contrib["next"][:, rows].double().sum(1)
+        sums = part if sums is None else sums + part
+        n += rows.numel()
+        logit += float(r.logits["next"][rows].double().sum())
+    assert got["tokens"] == n and list(got["mean_contribution"]) == r.components
+    assert list(got["mean_contribution"].values()) == pytest.approx((sums / n).tolist(), rel=1e-4, abs=1e-5)
+    assert got["mean_logit"] == pytest.approx(logit / n, rel=1e-5)
+    assert (tmp_path / "dla_heads.png").stat().st_size > 5_000 and (tmp_path / "dla_blocks.png").exists()
 
 
 def test_run_with_a_tuned_lens(lm, corpus_file, tmp_path):

@@ -1,7 +1,7 @@
 """fusedlens: decode every layer's residual stream (logit lens, tuned lens) and probe it, in one pass.
 
 The tree: `core` (checks, backends, model adapter, capture), `data` (corpora, token windows),
-`ops` (tensor-level ops and the float64 reference), `lens`, `tuned`, `probe` (the analyses),
+`ops` (tensor-level ops and the float64 reference), `lens`, `tuned`, `probe`, `refine`, `dla` (the analyses),
 `report` (tables, pictures), `adapters` (TransformerLens models, nnsight traces), `run` (the corpus
 job), `cli` (commands); kernels live in `fusedlens.kernels` (Triton) and `fusedlens._C` (C++).
 See docs/design.md.
@@ -12,6 +12,7 @@ import sys as _sys
 from .core.capture import ResidualCapture, Residuals, capture_residuals
 from .core.models import AdapterError, LensModel, load_model
 from .core.readout import FinalNorm, Unembed
+from .dla import DLAResult, dla  # the function: `fusedlens.dla(...)`; the package stays importable by name
 from .lens import LensResult, LogitLens
 from .ops.stats import LensStats
 from .probe import ProbeResult, probe  # the function: `fusedlens.probe(...)`; the package stays importable by name
@@ -25,5 +26,6 @@ for _old, _new in _OLD_MODULES.items():
     _sys.modules[f"{__name__}.{_old}"] = globals()[_old] = _importlib.import_module(f".{_new}", __name__)
 
 __version__ = "0.1.0"
-__all__ = ["AdapterError", "FinalNorm", "LensModel", "LensResult", "LensStats", "LogitLens", "ProbeResult",
-           "ResidualCapture", "Residuals", "RidgeAccumulator", "Unembed", "capture_residuals", "load_model", "probe"]
+__all__ = ["AdapterError", "DLAResult", "FinalNorm", "LensModel", "LensResult", "LensStats", "LogitLens", "ProbeResult",
+           "ResidualCapture", "Residuals", "RidgeAccumulator", "Unembed", "capture_residuals", "dla", "load_model",
+           "probe"]

@@ -21,12 +21,11 @@ from tqdm.auto import tqdm
 
 from ..core.backends import pick_backend
 from ..core.capture import ResidualCapture, check_layers
-from ..core.checks import IGNORE_INDEX
 from ..core.models import LensModel, load_model
 from ..data.windows import corpus_ids, windows
 from .classes import ClassScores
 from .folds import Folds
-from .rows import check_lags, lagged, parse_positions, position_mask, sequence_lengths
+from .rows import check_lags, lagged, parse_positions, position_mask
 from .solve import DEFAULT_ALPHAS, check_alphas, default_rcond, weights_at
 from .targets import TargetMaker
 from .user_targets import TargetFile, read_target_file

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import torch
 from tqdm.auto import tqdm
 
 from .. import ops
@@ -19,7 +18,8 @@ from ..core.models import LensModel, load_model
 from ..data.windows import corpus_ids, windows
 from .aggregate import RefineSums
 from .classes import class_map
-from .tasks import answer_depths, multiple_choice, read_jsonl
+from ..data.prompts import read_jsonl
+from .tasks import answer_depths, multiple_choice
 from .frequency import DEFAULT_BUCKETS, TokenCounts, bucket_names, check_buckets
 
 

@@ -8,33 +8,12 @@ written (write " A" if the option follows a space).
 """
 from __future__ import annotations
 
-import json
-
 import torch
 
 from .. import ops
 from ..core.capture import ResidualCapture
 from ..data.windows import tokenize
 from .aggregate import depth_summary, depth_to_correct
-
-
-def read_jsonl(path: str, keys: tuple[str, ...]) -> list[dict]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {i}: not JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or not all(k in obj for k in keys):
-                raise ValueError(f"{path} line {i}: expected an object with {', '.join(keys)}")
-            obj["_where"] = f"{path} line {i}"
-            out.append(obj)
-    if not out:
-        raise ValueError(f"{path}: no lines")
-    return out
 
 
 def answer_depths(lm, items: list[dict], stats_fn=None) -> dict:

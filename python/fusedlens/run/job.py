@@ -26,6 +26,7 @@ from ..data.windows import batched, pad_right
 from ..lens.aggregate import LensAggregate
 from .outputs import PictureRows, finish
 from .records import RecordWriter, token_table
+from .dla import CorpusDLA
 from .refine import CorpusRefine
 
 
@@ -52,6 +53,8 @@ class RunConfig(ModelOptions):
     refine: str | None = option(None, "guess-then-refine sums of the lens by token-frequency bucket (refine.json), "
                                       "the buckets ranked by a token_counts.json")
     buckets: str = option("10,100,1000", "upper frequency ranks of the --refine buckets but the last")
+    dla: bool = option(False, "direct logit attribution: each block's and head's mean direct effect on the true "
+                              "next token (dla.json, dla_heads.png, dla_blocks.png)")
     k: int = option(5, "top-k kept per token and site")
     dtype: str = option("float32", "model dtype", choices=("float32", "bfloat16", "float16"))
     backend: str | None = option(None, BACKEND_HELP, choices=BACKENDS)
@@ -70,7 +73,7 @@ class RunConfig(ModelOptions):
 class Timers:
     """Seconds spent per stage; additive like everything else a run saves."""
 
-    STAGES = ("tokenize", "forward", "capture", "lens", "probes", "records")
+    STAGES = ("tokenize", "forward", "capture", "lens", "dla", "probes", "records")
 
     def __init__(self, state: dict | None = None):
         self.seconds = {s: 0.0 for s in self.STAGES} | (state or {})
@@ -119,6 +122,7 @@ def run(cfg: RunConfig, lm=None) -> dict:
     probes = _probes(cfg, lm, capture.sites)
     refine = CorpusRefine(lm, capture.sites, cfg.token_counts, cfg.refine, cfg.buckets) \
         if cfg.token_counts or cfg.refine else None
+    dla = CorpusDLA(lm) if cfg.dla else None
     ckpt = StateFile(os.path.join(cfg.out, "checkpoint", f"rank{rank}.pt"), fingerprint)
     state = ckpt.load() or {}
     agg = LensAggregate.from_state_dict(state["lens"]) if "lens" in state else LensAggregate(capture.sites, lm.vocab_size)
@@ -126,6 +130,8 @@ def run(cfg: RunConfig, lm=None) -> dict:
         probes.load_state_dict(state["probes"])
     if refine is not None and state.get("refine"):
         refine.load_state_dict(state["refine"])
+    if dla is not None and state.get("dla"):
+        dla.load_state_dict(state["dla"])
     pictures = PictureRows.from_state(state.get("pictures"), capture.sites)
     timers = Timers(state.get("seconds"))
     next_seq, tokens = state.get("next_sequence", 0), state.get("tokens", 0)
@@ -138,6 +144,7 @@ def run(cfg: RunConfig, lm=None) -> dict:
             writer.close_part()
         ckpt.save({"lens": agg.state_dict(), "probes": probes.state_dict() if probes is not None else None,
                    "refine": refine.state_dict() if refine is not None else None,
+                   "dla": dla.state_dict() if dla is not None else None,
                    "seconds": timers.seconds, "next_sequence": next_seq, "tokens": tokens, "done": done,
                    "pictures": pictures.state()})
 
@@ -157,7 +164,11 @@ def run(cfg: RunConfig, lm=None) -> dict:
             t = timers.add("tokenize", t)
             ids, mask = pad_right([s.ids for s in batch])
             emit0 = capture.emit_seconds
-            res = capture.run(ids, mask)
+            if dla is None:
+                res = capture.run(ids, mask)
+            else:
+                with dla.capture:  # the components' hooks ride along the same forward
+                    res = capture.run(ids, mask)
             t = timers.add("forward", t)
             timers.seconds["forward"] -= capture.emit_seconds - emit0
             timers.seconds["capture"] += capture.emit_seconds - emit0
@@ -169,6 +180,9 @@ def run(cfg: RunConfig, lm=None) -> dict:
             if refine is not None:
                 refine.update(stats, res.targets)
             t = timers.add("lens", t)
+            if dla is not None:
+                dla.update(mask, res.targets)
+                t = timers.add("dla", t)
             seq_of_row = torch.tensor([s.index for s in batch])[res.batch_index]
             pictures.keep(stats, res, seq_of_row)
             if probes is not None:
@@ -191,7 +205,7 @@ def run(cfg: RunConfig, lm=None) -> dict:
     bar.close()
     if cfg.prompt and rank == 0:  # the grid of a prompt of the user's: its own forward, same capture and lens
         pictures.keep_prompt(lm, capture, lens, cfg)
-    return finish(cfg, lm, agg, probes, pictures, timers, tokens, rank, world, time.perf_counter() - t_start, refine)
+    return finish(cfg, lm, agg, probes, pictures, timers, tokens, rank, world, time.perf_counter() - t_start, refine, dla)
 
 
 def _bar_total(budget: int | None, progress: CorpusProgress, tokens: int, world: int) -> int | None:

@@ -59,7 +59,8 @@ class PictureRows:
                           batch_index=torch.zeros(n, dtype=torch.long), **{k: self.kept[k] for k in self.FIELDS})
 
 
-def finish(cfg, lm, agg, probes, pictures: PictureRows, timers, tokens, rank, world, wall_seconds, refine=None) -> dict:
+def finish(cfg, lm, agg, probes, pictures: PictureRows, timers, tokens, rank, world, wall_seconds, refine=None,
+           dla=None) -> dict:
     """All-reduce the sums over ranks; rank 0 writes the outputs. Returns the summary."""
     seconds = dict(timers.seconds)
     if world > 1:
@@ -70,6 +71,8 @@ def finish(cfg, lm, agg, probes, pictures: PictureRows, timers, tokens, rank, wo
             probes.all_reduce()
         if refine is not None:
             refine.all_reduce()
+        if dla is not None:
+            dla.all_reduce()
         sec = torch.tensor([seconds[k] for k in seconds], dtype=torch.float64)
         dist.all_reduce(sec, op=dist.ReduceOp.MAX)  # the ranks run side by side: the slowest sets the pace
         seconds = dict(zip(seconds, sec.tolist()))
@@ -85,6 +88,8 @@ def finish(cfg, lm, agg, probes, pictures: PictureRows, timers, tokens, rank, wo
         report.write_json(summary, os.path.join(cfg.out, "summary.json"))
         if refine is not None:
             refine.write(cfg.out, "tuned" if cfg.tuned else "logit")
+        if dla is not None:
+            dla.write(cfg.out)
         busy = sum(seconds.values())
         report.write_json({"tokens": agg.tokens, "seconds": seconds, "busy_seconds": busy,
                            "tokens_per_second": agg.tokens / busy if busy else None,

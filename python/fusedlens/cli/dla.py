@@ -1,0 +1,68 @@
+"""`fusedlens dla`: direct logit attribution of prompts to an answer (minus a counterfactual) by every block,
+head and, on request, neuron; the tokens each component promotes and suppresses."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.backends import BACKENDS
+from ..core.checks import check_output_dir
+from ..core.config import BACKEND_HELP, ModelOptions, option, out_default
+from .config import add_arguments, from_args
+
+HELP = "direct logit attribution: each block's, head's and neuron's direct effect on the logits"
+
+
+@dataclass(kw_only=True)
+class DLAConfig(ModelOptions):
+    prompt: list[str] = option([], "a prompt (repeatable)")
+    prompts: str | None = option(None, "JSONL of {prompt, answer, counterfactual?} (instead of --prompt)")
+    answer: str | None = option(None, "one token read at each prompt's last position (e.g. ' Mary')")
+    counterfactual: str | None = option(None, "one token: the effect on answer minus counterfactual (e.g. ' John')")
+    components: str = option("attn,mlp,head", "kinds (embed, attn, mlp, head, neuron) and/or names (head.9.3)")
+    sources: str | None = option(None, "heads whose effect is also split by source position (head.23.3,...)")
+    k: int = option(10, "promoted / suppressed tokens per component over the full vocabulary (0: none)")
+    top: int = option(15, "components listed")
+    backend: str | None = option(None, BACKEND_HELP, choices=BACKENDS)
+    out: str = option(out_default("dla"), "output folder")
+
+
+def _read_prompts(cfg: DLAConfig):
+    from ..data.prompts import read_jsonl
+
+    if cfg.prompts and cfg.prompt:
+        raise ValueError("prompt, prompts: give --prompt or --prompts, not both")
+    if cfg.prompts:
+        items = read_jsonl(cfg.prompts, ("prompt", "answer"))
+        counters = [it.get("counterfactual") for it in items]
+        if any(c is None for c in counters) and any(c is not None for c in counters):
+            raise ValueError("prompts: give a counterfactual on every line or on none")
+        return [it["prompt"] for it in items], [it["answer"] for it in items], \
+            None if counters[0] is None else counters
+    if not cfg.prompt:
+        raise ValueError("prompt: give at least one --prompt (or --prompts FILE)")
+    return cfg.prompt, cfg.answer, cfg.counterfactual
+
+
+def main(args) -> int:
+    from ..dla.run import dla
+    from ..report.dla import format_dla_table, write_dla_outputs
+
+    cfg = from_args(DLAConfig, args)
+    check_output_dir("out", cfg.out)
+    prompts, answer, counter = _read_prompts(cfg)
+    components = [c.strip() for c in cfg.components.split(",") if c.strip()]
+    lm = cfg.load()
+    sources = [h.strip() for h in cfg.sources.split(",") if h.strip()] if cfg.sources else []
+    result = dla(lm, prompts, components, answer=answer, counterfactual=counter, k=cfg.k, backend=cfg.backend,
+                 sources=sources)
+    kind = "diff" if counter is not None else "answer" if answer is not None else "top1"
+    print(format_dla_table(result, kind, cfg.top, lm.tokenizer))
+    paths = write_dla_outputs(result, cfg.out, kind, lm.tokenizer, cfg.top)
+    print("wrote " + ", ".join(paths))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("dla", help=HELP)
+    add_arguments(p, DLAConfig)
+    p.set_defaults(func=main)

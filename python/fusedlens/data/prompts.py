@@ -1,0 +1,88 @@
+"""Inputs of every analysis that reads prompts (LogitLens.run, dla): text, lists of text or token ids
+with a mask → 1-D sequences of real tokens, each cut into pieces of at most seq_len."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ..core.checks import check_ids
+from .windows import windows
+
+
+def input_sequences(lm, inputs, attention_mask: torch.Tensor | None = None, seq_len: int = 512) -> list[torch.Tensor]:
+    """Inputs (str, list of str, int ids [T] or [B, T] with a mask) → 1-D id sequences of at most seq_len."""
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if isinstance(inputs, (list, tuple)):
+        if attention_mask is not None:
+            raise ValueError("attention_mask: only for token-id inputs; text is masked here")
+        docs = _tokenize(lm, inputs)
+    elif isinstance(inputs, torch.Tensor):
+        docs = _id_rows(lm, inputs, attention_mask)
+    else:
+        raise ValueError(f"inputs: expected a str, a list of str or an integer tensor, got {type(inputs).__name__}")
+    return [w for doc in docs for w in windows(doc, seq_len)]
+
+
+def _tokenize(lm, texts) -> list[torch.Tensor]:
+    if not texts:
+        raise ValueError("inputs: empty list of texts")
+    for j, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"inputs: text {j} is a {type(text).__name__}, not a str")
+        if not text.strip():
+            raise ValueError(f"inputs: text {j} is empty")
+    if lm.tokenizer is None:
+        raise ValueError("inputs: text needs a tokenizer (LensModel.tokenizer is None); pass token ids instead")
+    docs = [torch.tensor(ids, dtype=torch.long) for ids in lm.tokenizer(list(texts))["input_ids"]]
+    for j, doc in enumerate(docs):
+        if doc.numel() == 0:
+            raise ValueError(f"inputs: text {j} gives no tokens")
+        check_ids(f"inputs (tokens of text {j})", doc, lm.vocab_size, allow_ignore=False)
+    return docs
+
+
+def _id_rows(lm, ids: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
+    ids = check_ids("inputs", ids, lm.vocab_size, allow_ignore=False).cpu()
+    if ids.dim() not in (1, 2):
+        raise ValueError(f"inputs: expected token ids [T] or [B, T], got shape {tuple(ids.shape)}")
+    if mask is None:
+        return list(ids.reshape(-1, ids.shape[-1]))
+    if not isinstance(mask, torch.Tensor) or mask.shape != ids.shape:
+        raise ValueError(f"attention_mask: expected a tensor of shape {tuple(ids.shape)}, got "
+                         f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+    mask = mask.cpu().reshape(-1, ids.shape[-1])
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("attention_mask: expected only 0 (padding) and 1 (real token)")
+    rows = []
+    for b, (row, m) in enumerate(zip(ids.reshape(-1, ids.shape[-1]), mask.bool())):
+        real = m.nonzero()[:, 0]
+        if real.numel() == 0:
+            raise ValueError(f"attention_mask: row {b} has no real token")
+        if real[-1] - real[0] + 1 != real.numel():
+            raise ValueError(f"attention_mask: row {b} has padding between real tokens (pad on one side only)")
+        rows.append(row[real])
+    return rows
+
+
+def read_jsonl(path: str, keys: tuple[str, ...]) -> list[dict]:
+    """A JSONL file of objects, each with `keys` (a clear error naming the line otherwise); blank lines skipped."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {i}: not JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or not all(k in obj for k in keys):
+                raise ValueError(f"{path} line {i}: expected an object with {', '.join(keys)}")
+            obj["_where"] = f"{path} line {i}"
+            out.append(obj)
+    if not out:
+        raise ValueError(f"{path}: no lines")
+    return out

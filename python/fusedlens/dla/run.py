@@ -1,0 +1,163 @@
+"""`dla()`: direct logit attribution of a batch of prompts, every component, chosen tokens and the full vocabulary.
+
+One forward per batch (right-padded, as LogitLens.run) captures the components
+(`dla.components`); their direct effects on chosen tokens come from `dla.attribution`, and the
+tokens each component promotes and suppresses most, over the whole vocabulary, from one call of
+`ops.logit_extremes` on every (component, position) row.
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import ops
+from ..ops.logit_extremes import logit_extremes
+from ..core.models import LensModel
+from ..data.prompts import input_sequences
+from ..data.windows import pad_right
+from ..ops.lens_stats import check_k
+from .attribution import KINDS, check_component, component_names, component_rows, contributions, readout_directions
+from .components import ComponentCapture, Frozen, projection_weight
+from .result import DLAResult
+
+
+# what each name's prefix needs captured
+_NEEDS = {"embed": "embed", "bias": "embed", "attn": "attn", "mlp": "mlp", "head": "head", "attn_bias": "head",
+          "neuron": "neuron", "mlp_bias": "neuron"}
+
+
+def _parse_components(components) -> tuple[set, list]:
+    """components → (kinds captured, specific names, validated once the head and neuron counts are known)."""
+    if isinstance(components, str):
+        components = [components]
+    kinds, names = set(), []
+    for c in components:
+        prefix = c.split(".")[0] if isinstance(c, str) else None
+        if c in KINDS:
+            kinds.add(c)
+        elif prefix in _NEEDS and "." in c:
+            names.append(c)
+            kinds.add(_NEEDS[prefix])
+        else:
+            raise ValueError(f"components: unknown {c!r}; expected some of {KINDS} or names like head.9.3")
+    if not kinds:
+        raise ValueError(f"components: expected at least one of {KINDS}")
+    return kinds, names
+
+
+def one_token(lm: LensModel, name: str, text) -> int:
+    """A token id from an int or a text that is exactly one token (else a one-line error)."""
+    if isinstance(text, bool):
+        raise ValueError(f"{name}: expected a token (text or id), got {text!r}")
+    if isinstance(text, int):
+        if not 0 <= text < lm.vocab_size:
+            raise ValueError(f"{name}: token id {text} out of range [0, {lm.vocab_size})")
+        return text
+    if not isinstance(text, str) or lm.tokenizer is None:
+        raise ValueError(f"{name}: expected a token id" + ("" if lm.tokenizer is None else " or a text"))
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = [lm.tokenizer.decode([i]) for i in ids]
+        raise ValueError(f"{name}: {text!r} is {len(ids)} tokens {pieces}, expected exactly one")
+    return int(ids[0])
+
+
+def _per_prompt(lm, name: str, value, n: int) -> list[int] | None:
+    if value is None:
+        return None
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * n
+    if len(values) != n:
+        raise ValueError(f"{name}: expected one token per prompt ({n}), got {len(values)}")
+    return [one_token(lm, name, v) for v in values]
+
+
+@torch.no_grad()
+def dla(lm: LensModel, prompts, components=("attn", "mlp", "head"), *, answer=None, counterfactual=None,
+        tokens=None, sources=(), k: int = 10, attention_mask: torch.Tensor | None = None, batch_size: int = 8,
+        backend: str | None = None, progress: bool = False) -> DLAResult:
+    """Direct logit attribution of every real position of `prompts` (text, a list of texts or token ids).
+
+    components: kinds from ("embed", "attn", "mlp", "head", "neuron") and/or names ("head.9.3"):
+    embed, attn.i and mlp.i are always attributed (they sum to the logits); "head" adds every head
+    (and each block's output-projection bias), "neuron" every MLP neuron. Targets at every position:
+    "next" (the true next token; none at a prompt's last token) and "top1" (the model's final
+    top-1); `tokens` (ids or one-token texts) adds each of them at every position; `answer` and
+    `counterfactual` (one token each, or one per prompt) are read at each prompt's last position,
+    with "diff" = answer − counterfactual, the IOI logit difference. k: the top-k promoted and
+    suppressed tokens of each component at each position over the full vocabulary (0: none).
+    sources: heads ("head.9.3") whose effects are also split by source position (`result.sources`:
+    A_h(t, s) · v_h(s) W_O^h read along each target; runs the attention in its eager form).
+    """
+    if not isinstance(lm, LensModel):
+        raise ValueError(f"lm: expected a LensModel, got {type(lm).__name__}")
+    kinds, names = _parse_components(components)
+    if k:
+        k = check_k(k, lm.vocab_size)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    seqs = input_sequences(lm, prompts, attention_mask, 1 << 62)  # never cut: a prompt is one sequence
+    for j, s in enumerate(seqs):
+        if lm.context_length is not None and s.numel() > lm.context_length:
+            raise ValueError(f"prompts: prompt {j} has {s.numel()} tokens, more than the model's context of "
+                             f"{lm.context_length}")
+    answers = _per_prompt(lm, "answer", answer, len(seqs))
+    counters = _per_prompt(lm, "counterfactual", counterfactual, len(seqs))
+    if counters is not None and answers is None:
+        raise ValueError("counterfactual: needs an answer")
+    extra = [one_token(lm, "tokens", t) for t in (tokens or [])]
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    if any(not isinstance(n, str) or not n.startswith("head.") for n in sources):
+        raise ValueError(f"sources: expected head names like 'head.9.3', got {sources}")
+    kinds |= {"head"} if sources else set()
+    capture = ComponentCapture(lm, heads="head" in kinds, neurons="neuron" in kinds)
+    d_ff = [projection_weight(p.mlp_down)[0].shape[0] for p in capture.parts] if capture.neurons else None
+    for name in names + sources:
+        check_component(name, lm.n_layers, capture.n_heads, d_ff)
+    if sources:
+        capture = ComponentCapture(lm, heads=True, neurons="neuron" in kinds,
+                                   sources=[tuple(int(x) for x in n.split(".")[1:]) for n in sources])
+    backend = ops.pick_backend(lm.device, backend)
+    parts = []
+    for first in tqdm(range(0, len(seqs), batch_size), desc="dla", unit="batch", disable=not progress):
+        ids, mask = pad_right(seqs[first:first + batch_size])
+        comp, res = capture.run(ids, mask)
+        final_norm = Frozen.of(lm.norm, comp.final)
+        top1 = ops.lens_stats(comp.final[None], lm.norm, lm.unembed, None, 1, backend=backend).topk_ids[0, :, 0]
+        rows = res.input_ids.numel()
+        last = torch.zeros(rows, dtype=torch.bool)
+        last[torch.cat([(res.batch_index == b).nonzero()[-1] for b in res.batch_index.unique()])] = True
+        prompt = res.batch_index + first
+        targets = {"next": res.targets.masked_fill(res.targets < 0, -1), "top1": top1.cpu()}
+        for tid in extra:
+            targets[f"token:{tid}"] = torch.full((rows,), tid)
+        if answers is not None:
+            targets["answer"] = torch.where(last, torch.tensor(answers)[prompt], -1)
+        if counters is not None:
+            targets["counterfactual"] = torch.where(last, torch.tensor(counters)[prompt], -1)
+        contrib, logits = {}, {}
+        normed = lm.norm(comp.final)
+        for name, ids_t in targets.items():
+            ids_t = ids_t.to(comp.final.device)
+            contrib[name] = contributions(comp, final_norm, lm, ids_t).masked_fill(ids_t[None] < 0, float("nan"))
+            raw = (normed * lm.unembed.weight[ids_t.clamp(min=0)].to(normed.dtype)).sum(-1)
+            if lm.unembed.bias is not None:
+                raw = raw + lm.unembed.bias[ids_t.clamp(min=0)].to(raw.dtype)
+            logits[name] = raw.masked_fill(ids_t < 0, float("nan"))
+        by_source = {}
+        for src in sources:
+            layer, head = (int(x) for x in src.split(".")[1:])
+            by_source[src] = {}
+            for name, ids_t in targets.items():
+                ids_t = ids_t.to(comp.final.device)
+                rho = readout_directions(final_norm, lm.unembed.weight, ids_t)
+                by_source[src][name] = comp.source_effects(layer, head, rho).masked_fill(ids_t[:, None] < 0,
+                                                                                        float("nan"))
+        extremes = None
+        if k:
+            ext_names, vecs = component_rows(comp, final_norm)
+            extremes = logit_extremes(vecs, lm.unembed.weight, k, backend=backend)
+        parts.append(dict(input_ids=res.input_ids, batch_index=prompt, position=res.position,
+                          targets={n: t.cpu() for n, t in targets.items()}, contrib=contrib, logits=logits,
+                          extremes=extremes, sources=by_source))
+    all_names = component_names(lm.n_layers, capture.n_heads, d_ff)
+    return DLAResult.concat(all_names, parts, ext_names if k else None, lm.tokenizer, lm.describe())
