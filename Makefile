@@ -35,14 +35,15 @@ test-py:
 AVX2_KERNELS = OPENBLAS_CORETYPE=Haswell MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2
 test-py-avx2:
 	$(AVX2_KERNELS) $(PY) -m pytest -q tests/test_kernels_lens_stats.py tests/test_ops_lens_stats.py \
-		tests/test_ops_lens_kl.py tests/test_ops_ridge_gram.py tests/test_probe_accumulator.py tests/test_probe_fit.py
+		tests/test_ops_logit_extremes.py tests/test_ops_lens_kl.py tests/test_ops_ridge_gram.py \
+		tests/test_probe_accumulator.py tests/test_probe_fit.py
 
 # The cpu-backend cases of the kernel suites once per ISA level this CPU supports, forced through
 # FUSEDLENS_ISA, so every kernel variant of the build (csrc/core/isa/) is checked here.
 test-isa:
 	for isa in $$($(PY) -c "from fusedlens.core.cpu import supported_isas; print(*supported_isas())"); do \
 		echo "FUSEDLENS_ISA=$$isa"; \
-		FUSEDLENS_ISA=$$isa $(PY) -m pytest -q -k cpu tests/test_ops_lens_stats.py \
+		FUSEDLENS_ISA=$$isa $(PY) -m pytest -q -k cpu tests/test_ops_lens_stats.py tests/test_ops_logit_extremes.py \
 			tests/test_ops_lens_kl.py tests/test_ops_ridge_gram.py tests/test_ops_target_logit.py || exit 1; \
 	done
 

@@ -38,8 +38,9 @@ fp32 value) << 32 | (2^31−1 − id), so one integer max gives the largest logi
 among equal logits, the lowest id (the TIE RULE of reference.py). -0.0 is mapped to
 +0.0 first. The running top-k is an unordered set of k keys per row; per tile the
 tile's best remaining key is inserted while it beats the row's worst key, so after
-the first tiles most tiles cost one reduction. At the end the set is emitted in
-descending key order.
+the first tiles most tiles cost one reduction (`_topk_fold`). At the end the set is
+emitted in descending key order (`_topk_store`). kernels/logit_extremes.py uses the
+same two, and `_tile_logits`.
 
 Precision: fp32 w uses tl.dot(input_precision=...) ("tf32x3" by default: about
 fp32 accuracy on tensor cores; "ieee" is exact fp32 FMA). bf16 w keeps xn in fp32 by
@@ -54,7 +55,7 @@ tanh does not run under the interpreter. Where the cap saturates, distinct float
 logits can round to one fp32 value; those ties then follow the tie rule in fp32.
 
 Status and limits:
-  * tested on CPU under TRITON_INTERPRET=1 (tests/test_lens_stats_triton_raw.py);
+  * tested on CPU under TRITON_INTERPRET=1 (tests/test_kernels_lens_stats.py);
   * the GPU path compiles for sm_90a (triton.compile to a cubin offline: 255
     registers, at most a few dozen bytes of spill at the default tiles, k <= 32) but
     has not been run or timed on a GPU here; the native bf16 dot branch (BF16_DOT)
@@ -113,6 +114,40 @@ def _key_value(key):
     o = (key >> 32).to(tl.int32)
     b = tl.where(o >= 0, o, o ^ 0x7FFFFFFF)
     return b.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _topk_fold(top, keys, kslot, k_ok, KP: tl.constexpr):
+    """The running top-k of each row: `top` [ROWS, KP] is an unordered set of keys (slots >= K,
+    where k_ok is False, unused; _KEY_MIN = empty), `keys` [ROWS, BLOCK_V] a tile's keys (_KEY_MIN
+    where masked). The tile's best remaining key replaces the row's worst while it beats it, so
+    once the set holds large keys most tiles cost one reduction. Returns the new set."""
+    worst = tl.min(tl.where(k_ok[None, :], top, _KEY_MAX), axis=1)
+    cand = tl.max(keys, axis=1)
+    go = tl.max((cand > worst).to(tl.int32), axis=0) > 0
+    while go:
+        ins = cand > worst
+        wpos = tl.min(tl.where(k_ok[None, :] & (top == worst[:, None]), kslot[None, :], KP), axis=1)
+        top = tl.where(ins[:, None] & (kslot[None, :] == wpos[:, None]), cand[:, None], top)
+        keys = tl.where(keys == cand[:, None], _KEY_MIN, keys)
+        worst = tl.min(tl.where(k_ok[None, :], top, _KEY_MAX), axis=1)
+        cand = tl.max(keys, axis=1)
+        go = tl.max((cand > worst).to(tl.int32), axis=0) > 0
+    return top
+
+
+@triton.jit
+def _topk_store(top, id_out, val_out, out, mask, K: tl.constexpr, NEGATE: tl.constexpr):
+    """Store a row's top-k set in descending key order at id_out / val_out + out * K + i;
+    NEGATE: the keys were of -z (a bottom-k), so the values are negated back."""
+    for i in range(0, K):
+        best = tl.max(top, axis=1)
+        val = _key_value(best)
+        if NEGATE:
+            val = -val
+        tl.store(id_out + out * K + i, _key_id(best), mask=mask)
+        tl.store(val_out + out * K + i, val, mask=mask)
+        top = tl.where(top == best[:, None], _KEY_MIN, top)
 
 
 @triton.jit
@@ -285,18 +320,8 @@ def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr, sid_ptr,
             z_tgt += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
 
         # running top-k: insert the tile's best remaining key while it beats the row's worst
-        keys = tl.where(col_ok[None, :] & row_ok[:, None], _key(z, cols[None, :]), _KEY_MIN)
-        worst = tl.min(tl.where(k_ok[None, :], top, _KEY_MAX), axis=1)
-        cand = tl.max(keys, axis=1)
-        go = tl.max((cand > worst).to(tl.int32), axis=0) > 0
-        while go:
-            ins = cand > worst
-            wpos = tl.min(tl.where(k_ok[None, :] & (top == worst[:, None]), kslot[None, :], KP), axis=1)
-            top = tl.where(ins[:, None] & (kslot[None, :] == wpos[:, None]), cand[:, None], top)
-            keys = tl.where(keys == cand[:, None], _KEY_MIN, keys)
-            worst = tl.min(tl.where(k_ok[None, :], top, _KEY_MAX), axis=1)
-            cand = tl.max(keys, axis=1)
-            go = tl.max((cand > worst).to(tl.int32), axis=0) > 0
+        top = _topk_fold(top, tl.where(col_ok[None, :] & row_ok[:, None], _key(z, cols[None, :]), _KEY_MIN),
+                         kslot, k_ok, KP)
 
     # ---- finish
     log_s = tl.log(s)
@@ -319,11 +344,7 @@ def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr, sid_ptr,
     if N_SETS > 0:
         tl.store(set_out + out[:, None] * N_SETS + set_j[None, :], set_acc / s[:, None],
                  mask=store[:, None] & (set_j[None, :] < N_SETS))
-    for i in range(0, K):
-        best = tl.max(top, axis=1)
-        tl.store(tk_id_out + out * K + i, _key_id(best), mask=store)
-        tl.store(tk_val_out + out * K + i, _key_value(best), mask=store)
-        top = tl.where(top == best[:, None], _KEY_MIN, top)
+    _topk_store(top, tk_id_out, tk_val_out, out, store, K, False)
 
 
 def _interpreting() -> bool:

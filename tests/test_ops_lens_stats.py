@@ -44,6 +44,24 @@ def float32_error(hidden, norm, unembed, logits, compute="fp32"):
     return NEAR * (z32 - logits).abs().amax(-1, keepdim=True) + 1e-12
 
 
+def float32_bound(err, want, row_err):
+    """What a float32 value may miss its float64 reference by: 1e-4 absolute or 1e-5 relative, or, for
+    logits in the thousands, as close as the float32 logits themselves are to float64 (row_err, the
+    row's NEAR-scaled error)."""
+    return torch.maximum(torch.maximum(torch.full_like(err, 1e-4), 1e-5 * want.nan_to_num().abs()), row_err)
+
+
+def topk_clean(logits, topk_logits, scale):
+    """The rows whose top-k ids must be exact: no genuine near-tie of the float64 logits at the
+    k-th value (another logit within the row's scale) or inside the top-k (topk_logits: float64,
+    descending)."""
+    kth = topk_logits[..., -1:]
+    near_kth = ((logits - kth).abs() < scale).sum(-1) > 1
+    near_inside = ((topk_logits[..., 1:] - topk_logits[..., :-1]).abs() < scale).any(-1) \
+        if topk_logits.shape[-1] > 1 else torch.zeros_like(near_kth)
+    return ~(near_kth | near_inside)
+
+
 def assert_close_stats(got, want, logits, targets, scale, summation=0.0):
     """summation: for a backend that reduces a whole row of fp32 terms in one sum (the torch
     backend in float32), n·u, whose multiple of the sum's magnitude bounds that sum's rounding in
@@ -61,15 +79,10 @@ def assert_close_stats(got, want, logits, targets, scale, summation=0.0):
             row_err = row_err + row_err[-1:] + 4 * 2.0 ** -23 * want.lse[-1:].abs() * w.abs()
         if name in ("lse", "entropy", "kl_to_final", "target_logprob"):
             row_err = row_err + summation * (w.nan_to_num().abs() + 1)
-        bound = torch.maximum(torch.maximum(torch.full_like(err, 1e-4), 1e-5 * w.nan_to_num().abs()), row_err)
+        bound = float32_bound(err, w, row_err)
         assert bool((err <= bound).all()), f"{name}: max error {float(err.max()):.3g}"
     # Exactness of ids and ranks, except at genuine near-ties of the float64 logits.
-    kth = want.topk_logits[..., -1:]
-    near_kth = ((logits - kth).abs() < scale).sum(-1) > 1
-    sorted_vals = want.topk_logits
-    near_inside = ((sorted_vals[..., 1:] - sorted_vals[..., :-1]).abs() < scale).any(-1) \
-        if sorted_vals.shape[-1] > 1 else torch.zeros_like(near_kth)
-    clean = ~(near_kth | near_inside)
+    clean = topk_clean(logits, want.topk_logits, scale)
     assert torch.equal(got.topk_ids[clean], want.topk_ids[clean])
     t = targets.clamp_min(0)
     z_t = logits.gather(-1, t.expand(logits.shape[:2])[..., None])

@@ -3,6 +3,7 @@
 // it here; the tile is read once from cache and never written back to memory.
 #pragma once
 #include <cstdint>
+#include <limits>
 
 namespace fusedlens {
 
@@ -17,15 +18,31 @@ struct RowQuery {
   float final_top1_logit;
 };
 
+// A running top-k of one row, fed tile by tile in increasing id order: value[0, filled)
+// descending, equal values by ascending id (the tie rule: an equal value goes after the ones
+// already there, which have lower ids). The one top-k of the CPU kernels (lens statistics,
+// logit extremes; a bottom-k is the top-k of the negated logits).
+struct TopK {
+  int k, filled;
+  float value[kMaxTopK];
+  int64_t id[kMaxTopK];
+
+  void reset(int topk);  // empty, of size topk in [1, kMaxTopK]
+  // Fold z[0, width) (ids v0 ...; tiles in increasing v0). max_z: the tile's max if the
+  // caller has it (a tile whose max cannot beat the k-th value costs one compare), else
+  // +infinity; only the positions above the k-th value, found by the vector kernel a chunk at
+  // a time, are inserted.
+  void fold(const float* z, int64_t v0, int64_t width, float max_z = std::numeric_limits<float>::infinity());
+  void insert(float v, int64_t i);  // one logit of a later id than every one folded so far
+};
+
 // Running state of one row. u and s are relative to the running max m, so the
 // entropy log(s) - u/s stays exact for large logits.
 struct RowState {
   float m, s, u, kl;
   int64_t rank_target, rank_final_top1;
   float seen_target_logit;  // the sweep's own value at the target id
-  int k, filled;
-  float top_logit[kMaxTopK];
-  int64_t top_id[kMaxTopK];
+  TopK top;
   float set_s[kMaxSets];  // Σ exp(z - m) over each token set's members, relative to m as s is
 
   void reset(int topk);

@@ -11,6 +11,8 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn, const torch::Tens
                                       const c10::optional<torch::Tensor>& bias, double softcap,
                                       const torch::Tensor& targets, int64_t k, int64_t token_block,
                                       int64_t vocab_tile, const c10::optional<torch::Tensor>& token_sets);
+std::vector<torch::Tensor> logit_extremes(const torch::Tensor& rows, const torch::Tensor& w, int64_t k,
+                                          int64_t row_block, int64_t vocab_tile);
 int64_t ridge_gram(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& shift_x,
                 const torch::Tensor& shift_y, torch::Tensor& out, int64_t block);
 std::vector<torch::Tensor> lens_kl(const torch::Tensor& xn, const torch::Tensor& xf, const torch::Tensor& w,
@@ -74,6 +76,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "fused logit-lens statistics of xn [S, T, d] (site S-1 final) against w [V, d]; see ops.lens_stats",
         py::arg("xn"), py::arg("w"), py::arg("bias"), py::arg("softcap"), py::arg("targets"), py::arg("k"),
         py::arg("token_block") = 8, py::arg("vocab_tile") = 1024, py::arg("token_sets") = py::none());
+  m.def("logit_extremes", &logit_extremes,
+        "the k largest and k smallest logits rows [R, d] . w[v] over the whole vocabulary of w [V, d] (top: "
+        "descending, bottom: ascending, equal logits by ascending id); returns top_ids, top_logits, bottom_ids, "
+        "bottom_logits [R, k]; see ops.logit_extremes",
+        py::arg("rows"), py::arg("w"), py::arg("k"), py::arg("row_block") = 256, py::arg("vocab_tile") = 1024);
   m.def("ridge_gram", &ridge_gram,
         "out[s] += upper triangle of W_sᵀW_s, W_s = [x[s] - shift_x[s] | y - shift_y | 1] (fp32 GEMM, float64 sum); "
         "returns 0, or the number of NaN/Inf in x (then out is untouched)",

@@ -25,8 +25,8 @@ from .stats import LensStats, prediction_depth
 
 MAX_SETS = 16  # token sets a lens sweep accumulates (csrc/core/lens_epilogue.h kMaxSets)
 
-__all__ = ["LensStats", "MAX_SETS", "check_token_sets", "lens_stats", "matmul_operands", "prediction_depth", "stats_from_logits",
-           "topk_tie_lowest_id"]
+__all__ = ["LensStats", "MAX_SETS", "check_token_sets", "lens_stats", "logit_extremes", "matmul_operands",
+           "prediction_depth", "stats_from_logits", "topk_tie_lowest_id"]
 
 
 def topk_tie_lowest_id(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,3 +141,36 @@ def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets:
         parts.append(stats_from_logits(logits, None if targets is None else targets[start:start + chunk], k,
                                        token_sets))
     return LensStats.cat(parts)
+
+
+def no_norm(x: torch.Tensor) -> torch.Tensor:
+    """The identity in the place of a final norm, for rows that are already what W_U multiplies
+    (direct logit attribution: a component's output times the final norm's frozen gain)."""
+    return x
+
+
+def logit_extremes(rows: torch.Tensor, weight: torch.Tensor, k: int, *, dtype: torch.dtype = torch.float64,
+                   compute: str = "fp32", max_elements: int = 1 << 25):
+    """The k largest and k smallest raw logits z = rows · weightᵀ of each row [R, d] over the whole vocabulary.
+
+    z is materialised in `dtype` for a chunk of rows at a time (at most `max_elements`); no bias,
+    no softcap. Returns (top_ids, top_logits, bottom_ids, bottom_logits), each [R, k]: top by
+    `topk_tie_lowest_id` (descending, equal logits by ascending id), bottom the same rule on -z
+    (ascending, equal logits by ascending id). compute="bf16": the extremes of the bf16-rounded
+    operands (`matmul_operands`).
+    """
+    check_tensor("rows", rows, ndim=2, floating=True)
+    check_same_width("rows", rows, weight.shape[-1], "weight's d_model")
+    if not 1 <= k <= weight.shape[0]:
+        raise ValueError(f"k: expected 1 <= k <= vocab ({weight.shape[0]}), got {k}")
+    unembed = Unembed(weight)
+    chunk = max(1, max_elements // weight.shape[0])
+    parts = []
+    for start in range(0, rows.shape[0], chunk):
+        r = rows[start:start + chunk]
+        x, head = matmul_operands(r if compute == "bf16" else r.to(dtype), no_norm, unembed, compute)
+        z = head(x.to(dtype))
+        top_ids, top_logits = topk_tie_lowest_id(z, k)
+        bottom_ids, neg = topk_tie_lowest_id(-z, k)
+        parts.append((top_ids, top_logits, bottom_ids, -neg))
+    return tuple(torch.cat(p) for p in zip(*parts))
