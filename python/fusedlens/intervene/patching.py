@@ -1,0 +1,170 @@
+"""Activation patching (causal tracing): the clean run's state at one (site, position) put into the
+corrupted run, for every cell of a layers × positions grid, each cell one row of a batched forward.
+
+The clean run's states are captured once (residual capture and dla.components); a grid of C
+cells costs ⌈C / batch_size⌉ forwards of the corrupted prompt. The metric is read at the corrupted
+prompt's last position: the logit difference of the answer and a counterfactual token, or the
+answer's probability; `restored` = (patched − corrupted) / (clean − corrupted).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core.capture import capture_residuals
+from ..core.models import LensModel
+from ..dla.components import ComponentCapture
+from ..dla.run import one_token
+from .hooks import Edit, Intervention
+
+KINDS = ("resid", "mid", "attn", "mlp", "head")
+METRICS = ("logit_diff", "prob")
+
+
+@dataclass
+class PatchResult:
+    """values[kind] / restored[kind]: [layers, positions] ([layers, heads, positions] for heads), the
+    metric with that cell patched and its restored fraction; positions are the corrupted prompt's."""
+
+    kinds: list[str]
+    positions: list[int]
+    tokens: list[str]
+    clean_tokens: list[str]
+    metric: str
+    clean: float
+    corrupted: float
+    values: dict
+    restored: dict
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        def nested(t):
+            return [[None if v != v else v for v in row] if not isinstance(row[0], list) else row
+                    for row in t.tolist()] if t.dim() == 2 else t.tolist()
+
+        return {"format": "fusedlens.PatchResult/1", **self.meta, "kinds": self.kinds, "positions": self.positions,
+                "tokens": self.tokens, "clean_tokens": self.clean_tokens, "metric": self.metric, "clean": self.clean,
+                "corrupted": self.corrupted, "values": {k: nested(v) for k, v in self.values.items()},
+                "restored": {k: nested(v) for k, v in self.restored.items()}}
+
+
+def _ids(lm: LensModel, name: str, prompt) -> torch.Tensor:
+    if isinstance(prompt, torch.Tensor):
+        ids = prompt.reshape(-1).long()
+    elif isinstance(prompt, str) and prompt.strip() and lm.tokenizer is not None:
+        ids = torch.tensor(lm.tokenizer(prompt)["input_ids"], dtype=torch.long)
+    else:
+        raise ValueError(f"{name}: expected a non-empty text (with a tokenizer) or token ids")
+    if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= lm.vocab_size:
+        raise ValueError(f"{name}: token ids must be in [0, {lm.vocab_size})")
+    return ids
+
+
+def metric_of(logits: torch.Tensor, metric: str, answer: int, counter: int | None) -> torch.Tensor:
+    """The metric of last-position logits [rows, vocab], in float64."""
+    z = logits.double()
+    if metric == "prob":
+        return torch.softmax(z, -1)[:, answer]
+    return z[:, answer] - z[:, counter]
+
+
+def clean_states(lm: LensModel, ids: torch.Tensor, kinds) -> dict[str, torch.Tensor]:
+    """The clean run's state [positions, width] at every site of the kinds (embed with resid)."""
+    out = {}
+    if "resid" in kinds or "mid" in kinds:
+        res = capture_residuals(lm, ids[None], embed=True, mid="mid" in kinds)
+        for site, h in zip(res.sites, res.hidden):
+            if site.split(".")[0] in kinds or (site == "embed" and "resid" in kinds):
+                out[site] = h
+    if {"attn", "mlp", "head"} & set(kinds):
+        comp, _ = ComponentCapture(lm, heads="head" in kinds).run(ids[None])
+        for i in range(lm.n_layers):
+            if "attn" in kinds:
+                out[f"attn.{i}"] = comp.attn[i]
+            if "mlp" in kinds:
+                out[f"mlp.{i}"] = comp.mlp[i]
+            if "head" in kinds:
+                z = comp.head_z[i].reshape(comp.head_z.shape[1], comp.n_heads, -1)
+                for h in range(comp.n_heads):
+                    out[f"head.{i}.{h}"] = z[:, h]
+    return out
+
+
+@torch.no_grad()
+def patch(lm: LensModel, clean, corrupted, answer, counterfactual=None, *, kinds=("resid", "attn", "mlp"),
+          metric: str | None = None, position_map=None, batch_size: int = 32, progress: bool = False) -> PatchResult:
+    """Patch the clean run into the corrupted one at every (layer, position) of each kind's grid.
+
+    clean, corrupted: texts or token ids of the same length (else position_map: pairs (clean position,
+    corrupted position) to patch); answer / counterfactual: one token each; metric: "logit_diff"
+    (needs a counterfactual; the default when one is given) or "prob" (the answer's probability);
+    kinds: from KINDS ("resid" includes the embedding as layer -1; "head" patches each head's
+    slice of the output projection's input).
+    """
+    if not isinstance(lm, LensModel):
+        raise ValueError(f"lm: expected a LensModel, got {type(lm).__name__}")
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise ValueError(f"kinds: expected some of {KINDS}, got {kinds}")
+    metric = metric or ("logit_diff" if counterfactual is not None else "prob")
+    if metric not in METRICS:
+        raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
+    if metric == "logit_diff" and counterfactual is None:
+        raise ValueError("metric: logit_diff needs a counterfactual token")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    a = one_token(lm, "answer", answer)
+    b = None if counterfactual is None else one_token(lm, "counterfactual", counterfactual)
+    clean_ids, bad_ids = _ids(lm, "clean", clean), _ids(lm, "corrupted", corrupted)
+    if position_map is None:
+        if clean_ids.numel() != bad_ids.numel():
+            raise ValueError(f"clean, corrupted: {clean_ids.numel()} and {bad_ids.numel()} tokens; give the same "
+                             f"length or a position_map of (clean position, corrupted position) pairs")
+        pairs = [(p, p) for p in range(bad_ids.numel())]
+    else:
+        pairs = [(int(c), int(r)) for c, r in position_map]
+        bad = [(c, r) for c, r in pairs if not (0 <= c < clean_ids.numel() and 0 <= r < bad_ids.numel())]
+        if not pairs or bad:
+            raise ValueError(f"position_map: pairs out of range {bad or '(none given)'} for {clean_ids.numel()} "
+                             f"clean and {bad_ids.numel()} corrupted positions")
+    for name, ids in (("clean", clean_ids), ("corrupted", bad_ids)):
+        if lm.context_length is not None and ids.numel() > lm.context_length:
+            raise ValueError(f"{name}: {ids.numel()} tokens, more than the model's context of {lm.context_length}")
+
+    def forward(ids: torch.Tensor, edits=()) -> torch.Tensor:
+        with Intervention(lm, list(edits)):
+            logits = lm.model(input_ids=ids.to(lm.device), use_cache=False).logits
+        return metric_of(logits[:, -1], metric, a, b).cpu()
+
+    m_clean, m_bad = float(forward(clean_ids[None])), float(forward(bad_ids[None]))
+    states = clean_states(lm, clean_ids, kinds)
+    heads = None
+    cells = []  # (kind, grid index, site, corrupted position, clean position)
+    for kind in kinds:
+        layers = ([-1] if kind == "resid" else []) + list(range(lm.n_layers))
+        for li, layer in enumerate(layers):
+            names = [f"head.{layer}.{h}" for h in range(sum(s.startswith(f"head.{layer}.") for s in states))] \
+                if kind == "head" else ["embed" if layer < 0 else f"{kind}.{layer}"]
+            heads = len(names) if kind == "head" else heads
+            for hi, site in enumerate(names):
+                for pi, (c, r) in enumerate(pairs):
+                    cells.append((kind, (li, hi, pi) if kind == "head" else (li, pi), site, r, c))
+    values = {k: torch.full((lm.n_layers + (k == "resid"),) + ((heads,) if k == "head" else ()) + (len(pairs),),
+                            math.nan, dtype=torch.float64) for k in kinds}
+    for first in tqdm(range(0, len(cells), batch_size), desc="patch", unit="batch", disable=not progress):
+        group = cells[first:first + batch_size]
+        edits = [Edit(site, "replace", states[site][c], rows=[j], positions=[r])
+                 for j, (_, _, site, r, c) in enumerate(group)]
+        got = forward(bad_ids[None].expand(len(group), -1), edits)
+        for (kind, index, *_), v in zip(group, got):
+            values[kind][index] = v
+    span = m_clean - m_bad
+    restored = {k: (v - m_bad) / span if span != 0 else torch.full_like(v, math.nan) for k, v in values.items()}
+    tok = lm.tokenizer
+    text = (lambda ids: [tok.decode([int(i)]) for i in ids]) if tok is not None else (lambda ids: [str(int(i)) for i in ids])
+    return PatchResult(kinds, [r for _, r in pairs], text(bad_ids), text(clean_ids), metric, m_clean, m_bad, values,
+                       restored, meta={"answer": a, "counterfactual": b, "cells": len(cells),
+                                       "forwards": -(-len(cells) // batch_size) + 2})
