@@ -4,7 +4,7 @@ Rows: embed, every attn.i / mlp.i and every head (1 + 60 + 270 = 331 components)
 each the component's direct contribution through the frozen final norm. fused: one
 `ops.logit_extremes` call (top-10 promoted and suppressed tokens of every row over the 49,152
 tokens); naive: each component's [64 × 49,152] logits materialised, then topk of z and of -z; floor:
-the same per-component GEMMs alone (z = rows @ W_Uᵀ, nothing else). Best of --rounds, interleaved,
+the same GEMM alone (z = rows @ W_Uᵀ, all rows, 2,048 at a time into one reused buffer). Best of --rounds, interleaved,
 with each variant's peak RSS above its inputs; also the whole `fusedlens.dla` call (forward included).
 
     python bench/dla_speed.py
@@ -50,9 +50,14 @@ def main():
             out.append((z.topk(k, -1), (-z).topk(k, -1)))
         return out
 
-    def floor():
-        for r in rows:
-            torch.mm(r, w.T)
+    flat = rows.reshape(-1, rows.shape[-1])
+    chunk = 2048
+    buf = torch.empty(chunk, w.shape[0])
+
+    def floor():  # the same GEMM, all rows, into one reused [2,048 x vocab] buffer (the whole is 4 GB)
+        for r0 in range(0, flat.shape[0], chunk):
+            part = flat[r0:r0 + chunk]
+            torch.mm(part, w.T, out=buf[:part.shape[0]])
 
     def whole():
         return dla(lm, ids, ("attn", "mlp", "head"), k=k)
