@@ -1,5 +1,6 @@
-"""Interventions: write hooks (hooks) and activation patching (patching) read out by the model's logits."""
+"""Interventions: write hooks (hooks), activation patching (patching) and patchscopes (patchscope)."""
 from .hooks import Edit, Intervention, run_with
 from .patching import PatchResult, patch
+from .patchscope import PatchscopeResult, patchscope
 
-__all__ = ["Edit", "Intervention", "PatchResult", "patch", "run_with"]
+__all__ = ["Edit", "Intervention", "PatchResult", "PatchscopeResult", "patch", "patchscope", "run_with"]

@@ -1,0 +1,58 @@
+"""`fusedlens patchscope`: decode a source prompt's hidden state at every layer by patching it into a
+target prompt (token identity or description) and letting the model continue."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..core.checks import check_output_dir
+from ..core.config import ModelOptions, option, out_default
+from .config import add_arguments, from_args
+
+HELP = "patchscopes: a hidden state of one prompt, written into another, read out by generation"
+
+
+@dataclass(kw_only=True)
+class PatchscopeConfig(ModelOptions):
+    source: str = option("", "the source prompt (its last token is read unless --source-position)")
+    source_position: int = option(-1, "position in the source prompt")
+    target: str = option("identity", "identity, description or a prompt of your own")
+    target_position: int | None = option(None, "position in the target (default: its '?' placeholder)")
+    target_layer: int | None = option(None, "write every source layer into this target layer (default: the same)")
+    layers: str = option("all", "source layers: all, a-b or i,j,k")
+    n_tokens: int = option(10, "tokens generated")
+    out: str = option(out_default("patchscope"), "output folder")
+    progress: bool = option(True, "no progress bar")
+
+
+def main(args) -> int:
+    from ..core.capture import parse_layers
+    from ..intervene.patchscope import patchscope
+    from ..report.common import write_json
+
+    cfg = from_args(PatchscopeConfig, args)
+    if not cfg.source:
+        raise ValueError("source: required (--source)")
+    check_output_dir("out", cfg.out)
+    lm = cfg.load()
+    r = patchscope(lm, cfg.source, source_position=cfg.source_position, layers=parse_layers(cfg.layers, lm.n_layers),
+                   target=cfg.target, target_position=cfg.target_position, target_layer=cfg.target_layer,
+                   n_tokens=cfg.n_tokens, progress=cfg.progress)
+    lines = [f"source {cfg.source!r}, token {r.source_token!r}; target position {r.meta['target_position']}",
+             f"{'layer':>5}  {'lens top-1 at the patch':>24}  generation"]
+    for layer, t_layer, gen, top in zip(r.source_layers, r.target_layers, r.generations, r.lens_top1):
+        lines.append(f"{layer:>5}  {top[t_layer]!r:>24}  {gen!r}")
+    table = "\n".join(lines)
+    print(table)
+    os.makedirs(cfg.out, exist_ok=True)
+    write_json(r.to_dict(), os.path.join(cfg.out, "patchscope.json"))
+    with open(os.path.join(cfg.out, "patchscope.txt"), "w") as f:
+        f.write(table + "\n")
+    print(f"wrote {cfg.out}/patchscope.json, patchscope.txt")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("patchscope", help=HELP)
+    add_arguments(p, PatchscopeConfig)
+    p.set_defaults(func=main)

@@ -1,0 +1,121 @@
+"""Patchscopes (Gandeharioun et al. 2024, seed 004): (S, i, M, ℓ) → (T, i*, f, M*, ℓ*).
+
+The hidden state of source prompt S at position i after layer ℓ of model M is mapped by f
+(identity by default; an affine map for a model of another width) and written into target prompt
+T at position i* after layer ℓ* of M* (M by default); M* then continues greedily for n tokens with
+the patch kept at i* on every step (no KV cache: each step reruns the patched prompt). Read out:
+the generated text per source layer, and the fused lens statistics of the patched position at
+every layer of the target run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import ops
+from ..core.capture import ResidualCapture, capture_residuals
+from ..core.models import LensModel
+from .hooks import Edit, Intervention
+
+# The paper's prompts: few-shot copies (token identity) and few-shot descriptions (entity
+# resolution); the patched position is the "?" placeholder, and the model continues after it.
+IDENTITY_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n? ->"
+DESCRIPTION_PROMPT = ("Syria: Country in the Middle East\nLeonardo DiCaprio: American actor\n"
+                      "Samsung: South Korean multinational corporation\n?:")
+TARGETS = {"identity": IDENTITY_PROMPT, "description": DESCRIPTION_PROMPT}
+
+
+@dataclass
+class PatchscopeResult:
+    source_layers: list[int]
+    target_layers: list[int]
+    source_token: str
+    generations: list[str]          # one per source layer
+    lens_top1: list[list[str]]      # per source layer: the target's top-1 at the patched position, per target site
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"format": "fusedlens.PatchscopeResult/1", **self.meta, "source_layers": self.source_layers,
+                "target_layers": self.target_layers, "source_token": self.source_token,
+                "generations": self.generations, "lens_top1": self.lens_top1}
+
+
+@torch.no_grad()
+def generate(lm: LensModel, ids: torch.Tensor, edits: list[Edit], n: int) -> torch.Tensor:
+    """Greedy continuation [n] of ids [T] with `edits` applied to the prompt's positions on every step."""
+    seq = ids.clone()
+    with Intervention(lm, edits):
+        for _ in range(n):
+            logits = lm.model(input_ids=seq[None].to(lm.device), use_cache=False).logits[0, -1]
+            seq = torch.cat([seq, logits.argmax().reshape(1).cpu()])
+    return seq[ids.numel():]
+
+
+def _position(name: str, pos: int, length: int) -> int:
+    if isinstance(pos, bool) or not isinstance(pos, int) or not -length <= pos < length:
+        raise ValueError(f"{name}: position {pos!r} out of range for {length} tokens")
+    return pos % length
+
+
+@torch.no_grad()
+def patchscope(lm: LensModel, source: str, *, source_position: int = -1, layers=None, target: str = "identity",
+               target_position: int | None = None, target_layer: int | None = None, target_lm: LensModel | None = None,
+               mapping=None, n_tokens: int = 10, progress: bool = False) -> PatchscopeResult:
+    """For each source layer ℓ (default all): the target continuation with S's residual resid.ℓ at
+    source_position written into T's resid.ℓ* at target_position (ℓ* = ℓ unless target_layer).
+
+    target: "identity", "description" (TARGETS) or a prompt; target_position: default the last
+    token that is a "?" placeholder (else the last token).
+
+    target_lm: M* (default lm); its width must match unless `mapping` (a callable, or a [d*, d] matrix,
+    or a (matrix, bias) pair) maps M's residual into M*'s."""
+    target_lm = target_lm or lm
+    if lm.tokenizer is None or target_lm.tokenizer is None:
+        raise ValueError("patchscope: prompts need tokenizers")
+    if isinstance(mapping, torch.Tensor):
+        mapping = (mapping, None)
+    if isinstance(mapping, tuple):
+        matrix, bias = mapping
+        if matrix.shape != (target_lm.d_model, lm.d_model):
+            raise ValueError(f"mapping: expected a [{target_lm.d_model}, {lm.d_model}] matrix, got {tuple(matrix.shape)}")
+        mapping = (lambda h, m=matrix, b=bias: h @ m.T.to(h.dtype) + (0 if b is None else b.to(h.dtype)))
+    if mapping is None and target_lm.d_model != lm.d_model:
+        raise ValueError(f"mapping: the source model's width {lm.d_model} differs from the target's "
+                         f"{target_lm.d_model}; give a mapping (a matrix or a function)")
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise ValueError(f"n_tokens: expected a positive int, got {n_tokens!r}")
+    target = TARGETS.get(target, target)
+    if not isinstance(source, str) or not source.strip() or not isinstance(target, str) or not target.strip():
+        raise ValueError("source, target: expected non-empty texts")
+    src = torch.tensor(lm.tokenizer(source)["input_ids"])
+    tgt = torch.tensor(target_lm.tokenizer(target)["input_ids"])
+    if target_position is None:
+        marks = [p for p in range(tgt.numel()) if target_lm.tokenizer.decode([int(tgt[p])]).strip() == "?"]
+        target_position = marks[-1] if marks else -1
+    i, j = _position("source_position", source_position, src.numel()), _position("target_position", target_position,
+                                                                                  tgt.numel())
+    layers = list(range(lm.n_layers)) if layers is None else [int(x) for x in layers]
+    bad = [x for x in layers if not 0 <= x < lm.n_layers]
+    if bad or not layers:
+        raise ValueError(f"layers: expected source layers in [0, {lm.n_layers}), got {layers}")
+    if target_layer is not None and not 0 <= int(target_layer) < target_lm.n_layers:
+        raise ValueError(f"target_layer: expected in [0, {target_lm.n_layers}), got {target_layer}")
+    res = capture_residuals(lm, src[None], embed=False)
+    targets_l = [int(target_layer) if target_layer is not None else min(x, target_lm.n_layers - 1) for x in layers]
+    gens, tops = [], []
+    capture = ResidualCapture(target_lm, embed=False)
+    for layer, t_layer in tqdm(list(zip(layers, targets_l)), desc="patchscope", disable=not progress):
+        h = res.hidden[layer, i]
+        h = h if mapping is None else mapping(h)
+        edit = Edit(f"resid.{t_layer}", "replace", h, positions=[j])
+        out = generate(target_lm, tgt, [edit], n_tokens)
+        gens.append(target_lm.tokenizer.decode(out))
+        with Intervention(target_lm, [edit]):
+            patched = capture.run(tgt[None])
+        stats = ops.lens_stats(patched.hidden[:, j:j + 1], target_lm.norm, target_lm.unembed, None, 1)
+        tops.append([target_lm.tokenizer.decode([int(t)]) for t in stats.topk_ids[:, 0, 0]])
+    return PatchscopeResult(layers, targets_l, lm.tokenizer.decode([int(src[i])]), gens, tops,
+                            meta={"source": source, "source_position": i, "target": target, "target_position": j,
+                                  "n_tokens": n_tokens})
