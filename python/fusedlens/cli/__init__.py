@@ -10,7 +10,8 @@ COMMANDS = ("demo", "info", "run", "probe", "refine", "tuned", "dla", "patch", "
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fusedlens", description="Fused logit lens, tuned lens and streaming probes.")
+    p = argparse.ArgumentParser(prog="fusedlens", description="Fused logit lens, tuned lens, streaming probes, "
+                                                          "direct logit attribution and interventions.")
     sub = p.add_subparsers(dest="command", metavar="command")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
