@@ -20,6 +20,10 @@ class PatchConfig(ModelOptions):
     metric: str | None = option(None, "logit_diff (needs --counterfactual; its default) or prob",
                                 choices=("logit_diff", "prob"))
     kinds: str = option("resid,attn,mlp", "grids: resid (with the embedding), mid, attn, mlp, head")
+    knockout_keys: str | None = option(None, "attention knockout instead of patching: cut the edges from "
+                                             "--knockout-queries to these positions of --clean (e.g. 1-4 or 1,3)")
+    knockout_queries: str = option("-1", "query positions of the knockout (default the last)")
+    window: int | None = option(None, "blocks per knockout window (default 9)")
     batch_size: int = option(32, "patches per forward")
     out: str = option(out_default("patch"), "output folder")
     progress: bool = option(True, "no progress bar")
@@ -30,6 +34,8 @@ def main(args) -> int:
     from ..report.patch import format_patch_table, write_patch_outputs
 
     cfg = from_args(PatchConfig, args)
+    if cfg.knockout_keys:
+        return _knockout(cfg)
     for name in ("clean", "corrupted", "answer"):
         if not getattr(cfg, name):
             raise ValueError(f"{name}: required (--{name})")
@@ -40,6 +46,44 @@ def main(args) -> int:
                    progress=cfg.progress)
     print(format_patch_table(result))
     print("wrote " + ", ".join(write_patch_outputs(result, cfg.out)))
+    return 0
+
+
+def _positions(name: str, spec: str) -> list[int]:
+    try:
+        out = []
+        for part in spec.split(","):
+            a, sep, b = part.strip()[1:].partition("-")
+            first = part.strip()[0] + a
+            out += list(range(int(first), int(b) + 1)) if sep else [int(first)]
+        return out
+    except (ValueError, IndexError):
+        raise ValueError(f"{name}: expected positions like 3, 1-4 or 1,3,-1; got {spec!r}") from None
+
+
+def _knockout(cfg: PatchConfig) -> int:
+    import os
+
+    from ..intervene.patching import knockout
+    from ..report.patch import plot_knockout
+    from ..report.common import write_json
+
+    for name in ("clean", "answer"):
+        if not getattr(cfg, name):
+            raise ValueError(f"{name}: required (--{name})")
+    check_output_dir("out", cfg.out)
+    lm = cfg.load()
+    r = knockout(lm, cfg.clean, cfg.answer, cfg.counterfactual, metric=cfg.metric,
+                 keys=_positions("knockout_keys", cfg.knockout_keys),
+                 queries=_positions("knockout_queries", cfg.knockout_queries), window=cfg.window,
+                 batch_size=cfg.batch_size)
+    print(f"{r.metric_name} without knockout {r.base:.4f}; edges {r.queries} -> {r.keys} cut per window:")
+    for (lo, hi), v, d in zip(r.windows, r.metric.tolist(), r.drop.tolist()):
+        print(f"  blocks {lo:>2}-{hi:<2} {v:>9.4f}  drop {d:+.4f}")
+    os.makedirs(cfg.out, exist_ok=True)
+    write_json(r.to_dict(), os.path.join(cfg.out, "knockout.json"))
+    plot_knockout(r, os.path.join(cfg.out, "knockout.png"))
+    print(f"wrote {cfg.out}/knockout.json, knockout.png")
     return 0
 
 

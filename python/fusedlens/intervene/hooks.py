@@ -20,7 +20,7 @@ from ..core.capture import _first_tensor, mid_norm_name
 from ..core.models import LensModel
 from ..dla.components import block_parts, n_heads
 
-OPS = ("replace", "add", "scale", "apply")
+OPS = ("replace", "add", "scale", "apply", "knockout")
 _SITE = re.compile(r"^(embed|resid|mid|attn|mlp|head)(?:\.(\d+))?(?:\.(\d+))?$")
 
 
@@ -29,7 +29,9 @@ class Edit:
     """One intervention. rows / positions: batch rows and sequence positions (None: all). value: for
     "replace" and "add" a tensor broadcastable to [len(rows), len(positions), width] (width = d_model,
     d_head for heads); for "scale" a number or such a tensor; for "apply" a function of that block of
-    states returning one of the same shape."""
+    states returning one of the same shape. "knockout" (site attn.i only): value is a list of key
+    positions that the query `positions` may not attend to in that block (attention knockout; the
+    model runs its eager attention while an Intervention holds one)."""
 
     site: str
     op: str
@@ -93,11 +95,18 @@ class Intervention:
             if e.op == "apply" and not callable(e.value):
                 raise ValueError(f"{e.site}: op 'apply' needs a function")
             kind, layer, _ = parse_site(e.site, lm, self.n_heads)
+            if e.op == "knockout" and kind != "attn":
+                raise ValueError(f"{e.site}: knockout edits attention edges: its site is attn.i")
             if kind == "mid":
                 mid_norm_name(lm.layers[layer])  # parallel-residual or post-LN blocks have no mid residual
             self.by_site.setdefault(e.site, []).append(e)
         self._handles: list = []
         self._block_input: dict[int, torch.Tensor] = {}
+        self._eager = None
+        self.knockouts = {s: [e for e in es if e.op == "knockout"] for s, es in self.by_site.items()}
+        self.by_site = {s: [e for e in es if e.op != "knockout"] for s, es in self.by_site.items()}
+        self.by_site = {s: es for s, es in self.by_site.items() if es}
+        self.knockouts = {s: es for s, es in self.knockouts.items() if es}
 
     def _edit(self, site: str, h: torch.Tensor) -> torch.Tensor:
         """h [batch, seq, width] with every edit of `site` applied (a new tensor; h is left as it is)."""
@@ -113,8 +122,38 @@ class Intervention:
             h[r, p] = _apply(e, h[r, p])
         return h
 
+    def _mask_hook(self, site: str):
+        """A pre-hook on block i's attention that sets the knocked-out edges of its additive mask to -inf-ish."""
+        def pre(_m, args, kwargs):
+            mask = kwargs.get("attention_mask")
+            if mask is None or not torch.is_tensor(mask) or mask.dim() != 4 or not mask.is_floating_point():
+                raise RuntimeError(f"{site}: knockout needs the additive [batch, 1, query, key] mask of eager attention")
+            mask = mask.clone()
+            if mask.shape[0] == 1:
+                batch = (args[0] if args else kwargs["hidden_states"]).shape[0]
+                mask = mask.expand(batch, *mask.shape[1:]).clone()
+            low = torch.finfo(mask.dtype).min
+            for e in self.knockouts[site]:
+                rows = torch.arange(mask.shape[0]) if e.rows is None else torch.as_tensor(e.rows)
+                queries = torch.arange(mask.shape[2]) if e.positions is None else torch.as_tensor(e.positions)
+                keys = torch.as_tensor(list(e.value), dtype=torch.long)
+                if keys.numel() == 0:
+                    continue
+                for name, idx, n in (("positions", queries, mask.shape[2]), ("keys", keys, mask.shape[3])):
+                    if idx.numel() and (int(idx.max()) >= n or int(idx.min()) < 0):
+                        raise ValueError(f"{site}: knockout {name} {idx.tolist()} out of range for {n} positions")
+                mask[rows[:, None, None], 0, queries[None, :, None], keys[None, None, :]] = low
+            return args, {**kwargs, "attention_mask": mask}
+        return pre
+
     def __enter__(self):
         blocks = self.lm.layers
+        if self.knockouts and getattr(self.lm.model.config, "_attn_implementation", "eager") != "eager":
+            self._eager = self.lm.model.config._attn_implementation  # the additive mask is eager attention's
+            self.lm.model.set_attn_implementation("eager")
+        for site in self.knockouts:
+            _, i, _ = parse_site(site, self.lm, self.n_heads)
+            self._handles.append(self.parts[i].attn.register_forward_pre_hook(self._mask_hook(site), with_kwargs=True))
         for site in self.by_site:
             kind, i, head = parse_site(site, self.lm, self.n_heads)
             if kind == "embed":
@@ -172,6 +211,9 @@ class Intervention:
             h.remove()
         self._handles.clear()
         self._block_input.clear()
+        if self._eager is not None:
+            self.lm.model.set_attn_implementation(self._eager)
+            self._eager = None
         return False
 
 

@@ -135,9 +135,7 @@ def patch(lm: LensModel, clean, corrupted, answer, counterfactual=None, *, kinds
             raise ValueError(f"{name}: {ids.numel()} tokens, more than the model's context of {lm.context_length}")
 
     def forward(ids: torch.Tensor, edits=()) -> torch.Tensor:
-        with Intervention(lm, list(edits)):
-            logits = lm.model(input_ids=ids.to(lm.device), use_cache=False).logits
-        return metric_of(logits[:, -1], metric, a, b).cpu()
+        return metric_of(_logits(lm, ids, edits)[:, -1], metric, a, b).cpu()
 
     m_clean, m_bad = float(forward(clean_ids[None])), float(forward(bad_ids[None]))
     states = clean_states(lm, clean_ids, kinds)
@@ -168,3 +166,65 @@ def patch(lm: LensModel, clean, corrupted, answer, counterfactual=None, *, kinds
     return PatchResult(kinds, [r for _, r in pairs], text(bad_ids), text(clean_ids), metric, m_clean, m_bad, values,
                        restored, meta={"answer": a, "counterfactual": b, "cells": len(cells),
                                        "forwards": -(-len(cells) // batch_size) + 2})
+
+
+@dataclass
+class KnockoutResult:
+    """metric[w] with the edges queries → keys cut in blocks windows[w] = [first, last]; drop = base − metric."""
+
+    windows: list[tuple[int, int]]
+    queries: list[int]
+    keys: list[int]
+    metric_name: str
+    base: float
+    metric: torch.Tensor
+    drop: torch.Tensor
+
+    def to_dict(self) -> dict:
+        return {"format": "fusedlens.KnockoutResult/1", "windows": self.windows, "queries": self.queries,
+                "keys": self.keys, "metric": self.metric_name, "base": self.base, "values": self.metric.tolist(),
+                "drop": self.drop.tolist()}
+
+
+@torch.no_grad()
+def knockout(lm: LensModel, prompt, answer, counterfactual=None, *, keys, queries=(-1,), window: int | None = None,
+             metric: str | None = None, batch_size: int = 32) -> KnockoutResult:
+    """Attention knockout (the survey's "block attention from the last position to the subject"): cut the
+    edges queries → keys in every block of a sliding window of `window` blocks, one window per batch row,
+    and read the metric at the last position (window: default 9 blocks, or all if fewer)."""
+    window = min(9, lm.n_layers) if window is None else window
+    metric = metric or ("logit_diff" if counterfactual is not None else "prob")
+    if metric not in METRICS or (metric == "logit_diff" and counterfactual is None):
+        raise ValueError(f"metric: expected one of {METRICS} (logit_diff needs a counterfactual), got {metric!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= lm.n_layers:
+        raise ValueError(f"window: expected an int in [1, {lm.n_layers}], got {window!r}")
+    a = one_token(lm, "answer", answer)
+    b = None if counterfactual is None else one_token(lm, "counterfactual", counterfactual)
+    ids = _ids(lm, "prompt", prompt)
+    n = ids.numel()
+
+    def positions(name, values):
+        out = [int(p) for p in values]
+        bad = [p for p in out if not -n <= p < n]
+        if bad:
+            raise ValueError(f"{name}: positions {bad} out of range for {n} tokens")
+        return sorted({p % n for p in out})
+
+    keys, queries = positions("keys", keys), positions("queries", queries)
+    windows = [(s, min(s + window, lm.n_layers) - 1) for s in range(0, lm.n_layers - window + 1)]
+    run = lambda batch, edits: metric_of(  # noqa: E731
+        _logits(lm, batch, edits)[:, -1], metric, a, b).cpu()
+    base = float(run(ids[None], []))
+    values = []
+    for first in range(0, len(windows), batch_size):
+        group = windows[first:first + batch_size]
+        edits = [Edit(f"attn.{layer}", "knockout", keys, rows=[j], positions=queries)
+                 for j, (lo, hi) in enumerate(group) for layer in range(lo, hi + 1)]
+        values.append(run(ids[None].expand(len(group), -1), edits))
+    values = torch.cat(values)
+    return KnockoutResult(windows, queries, keys, metric, base, values, base - values)
+
+
+def _logits(lm: LensModel, ids: torch.Tensor, edits) -> torch.Tensor:
+    with Intervention(lm, list(edits)):
+        return lm.model(input_ids=ids.to(lm.device), use_cache=False).logits

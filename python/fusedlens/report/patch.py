@@ -62,6 +62,24 @@ def plot_patch(result, path: str, title: str = "") -> str:
     return path
 
 
+def plot_knockout(result, path: str) -> str:
+    """The metric's drop per window of blocks whose attention edges were cut."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    centres = [(lo + hi) / 2 for lo, hi in result.windows]
+    ax.bar(centres, result.drop.numpy(), width=0.8)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xlabel("centre of the window of blocks")
+    ax.set_ylabel(f"drop of {result.metric_name}")
+    lo, hi = result.windows[0]
+    ax.set_title(f"attention knockout {result.queries} -> {result.keys}, windows of {hi - lo + 1} blocks "
+                 f"(no knockout: {result.base:.2f})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_patch_outputs(result, out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "patch.json")
