@@ -6,7 +6,7 @@ import torch
 from fusedlens import cli
 from fusedlens.core.capture import capture_residuals
 from fusedlens.core.models import LensModel
-from fusedlens.intervene import Edit
+from fusedlens.intervene import Edit, run_with
 from fusedlens.intervene.patchscope import generate, patchscope
 from tiny_models import tiny_model, tiny_tokenizer
 
@@ -53,3 +53,23 @@ def test_token_identity_on_the_real_model(real_lm, tmp_path, monkeypatch):
     assert cli.main(["patchscope", "--source", "Diana, Princess of Wales", "--layers", "2", "--n-tokens", "2",
                      "--out", str(tmp_path), "--no-progress"]) == 0
     assert (tmp_path / "patchscope.json").exists()
+
+
+def test_generation_with_edits_at_new_positions():
+    lm = LensModel.from_hf(tiny_model("qwen2"), tiny_tokenizer())
+    ids = torch.tensor(lm.tokenizer("abcd")["input_ids"])
+    plain = _greedy(lm, ids, 6)
+    assert torch.equal(generate(lm, ids, [Edit("resid.1", "add", torch.zeros(lm.d_model))], 6, at="new"), plain)
+    push = torch.randn(lm.d_model) * 20
+    steered = generate(lm, ids, [Edit("resid.1", "add", push, positions=[0])], 6, at="new")
+    assert steered[0] == plain[0]  # the first new token is read at the prompt's last position: no edit there yet
+    assert not torch.equal(steered, plain)
+    by_hand = ids.clone()  # the same edit written out: add at every generated position, rerun each step
+    for _ in range(6):
+        edits = [Edit("resid.1", "add", push, positions=list(range(ids.numel(), by_hand.numel())))] \
+            if by_hand.numel() > ids.numel() else []
+        nxt = run_with(lm, edits, by_hand[None])[0, -1].argmax().reshape(1)
+        by_hand = torch.cat([by_hand, nxt])
+    assert torch.equal(steered, by_hand[ids.numel():])
+    with pytest.raises(ValueError, match="at: expected 'prompt' or 'new'"):
+        generate(lm, ids, [], 2, at="everywhere")

@@ -9,6 +9,7 @@ every layer of the target run.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -43,13 +44,20 @@ class PatchscopeResult:
 
 
 @torch.no_grad()
-def generate(lm: LensModel, ids: torch.Tensor, edits: list[Edit], n: int) -> torch.Tensor:
-    """Greedy continuation [n] of ids [T] with `edits` applied to the prompt's positions on every step."""
+def generate(lm: LensModel, ids: torch.Tensor, edits: list[Edit], n: int, *, at: str = "prompt") -> torch.Tensor:
+    """Greedy continuation [n] of ids [T] under `edits`, the whole sequence rerun each step (no KV cache).
+
+    at: "prompt" applies each edit at its own positions (in the prompt) on every step; "new" applies it
+    at every generated position instead (the tokens after the prompt), whatever its positions say."""
+    if at not in ("prompt", "new"):
+        raise ValueError(f"at: expected 'prompt' or 'new', got {at!r}")
     seq = ids.clone()
-    with Intervention(lm, edits):
-        for _ in range(n):
+    for _ in range(n):
+        step = edits if at == "prompt" else [dataclasses.replace(e, positions=list(range(ids.numel(), seq.numel())))
+                                             for e in edits if seq.numel() > ids.numel()]
+        with Intervention(lm, step):
             logits = lm.model(input_ids=seq[None].to(lm.device), use_cache=False).logits[0, -1]
-            seq = torch.cat([seq, logits.argmax().reshape(1).cpu()])
+        seq = torch.cat([seq, logits.argmax().reshape(1).cpu()])
     return seq[ids.numel():]
 
 
