@@ -73,3 +73,23 @@ def test_generation_with_edits_at_new_positions():
     assert torch.equal(steered, by_hand[ids.numel():])
     with pytest.raises(ValueError, match="at: expected 'prompt' or 'new'"):
         generate(lm, ids, [], 2, at="everywhere")
+
+
+def test_mapping_files(tmp_path):
+    from fusedlens.cli.patchscope import load_mapping
+
+    torch.save(torch.eye(3), tmp_path / "m.pt")
+    torch.save({"weight": torch.eye(3), "bias": torch.ones(3)}, tmp_path / "a.pt")
+    (tmp_path / "bad.pt").write_text("not torch")
+    w, b = load_mapping(str(tmp_path / "m.pt"))
+    assert torch.equal(w, torch.eye(3)) and b is None
+    w, b = load_mapping(str(tmp_path / "a.pt"))
+    assert torch.equal(b, torch.ones(3))
+    lm = LensModel.from_hf(tiny_model("llama"), tiny_tokenizer())
+    shifted = patchscope(lm, "xyz", target="ab?c", layers=[1], n_tokens=3,
+                         mapping=(torch.eye(lm.d_model), torch.zeros(lm.d_model)))
+    assert shifted.generations == patchscope(lm, "xyz", target="ab?c", layers=[1], n_tokens=3).generations
+    with pytest.raises(ValueError, match="is not a torch file"):
+        load_mapping(str(tmp_path / "bad.pt"))
+    with pytest.raises(ValueError, match="is not a file"):
+        load_mapping(str(tmp_path / "none.pt"))

@@ -21,6 +21,9 @@ class PatchscopeConfig(ModelOptions):
     target_layer: int | None = option(None, "write every source layer into this target layer (default: the same)")
     layers: str = option("all", "source layers: all, a-b or i,j,k")
     n_tokens: int = option(10, "tokens generated")
+    target_model: str | None = option(None, "M*: another model (HF name, folder or .gguf) read the patch (default: --model)")
+    mapping: str | None = option(None, "a torch file with the affine map into M*'s width: a [d*, d] tensor or "
+                                       "{'weight': [d*, d], 'bias': [d*]}")
     out: str = option(out_default("patchscope"), "output folder")
     progress: bool = option(True, "no progress bar")
 
@@ -34,8 +37,14 @@ def main(args) -> int:
     if not cfg.source:
         raise ValueError("source: required (--source)")
     check_output_dir("out", cfg.out)
+    mapping = load_mapping(cfg.mapping) if cfg.mapping else None
     lm = cfg.load()
-    r = patchscope(lm, cfg.source, source_position=cfg.source_position, layers=parse_layers(cfg.layers, lm.n_layers),
+    target_lm = None
+    if cfg.target_model:
+        from ..core.models import load_model
+
+        target_lm = load_model(cfg.target_model)
+    r = patchscope(lm, cfg.source, target_lm=target_lm, mapping=mapping, source_position=cfg.source_position, layers=parse_layers(cfg.layers, lm.n_layers),
                    target=cfg.target, target_position=cfg.target_position, target_layer=cfg.target_layer,
                    n_tokens=cfg.n_tokens, progress=cfg.progress)
     lines = [f"source {cfg.source!r}, token {r.source_token!r}; target position {r.meta['target_position']}",
@@ -50,6 +59,25 @@ def main(args) -> int:
         f.write(table + "\n")
     print(f"wrote {cfg.out}/patchscope.json, patchscope.txt")
     return 0
+
+
+def load_mapping(path: str):
+    """A saved affine map: a [d*, d] tensor, or a dict with 'weight' (and optionally 'bias')."""
+    import os
+
+    import torch
+
+    if not os.path.isfile(path):
+        raise ValueError(f"mapping: {path} is not a file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a file torch cannot read is bad input, named in one line
+        raise ValueError(f"mapping: {path} is not a torch file ({type(err).__name__})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("weight"), torch.Tensor):
+        return obj["weight"], obj.get("bias")
+    if isinstance(obj, torch.Tensor) and obj.dim() == 2:
+        return obj, None
+    raise ValueError(f"mapping: {path} holds neither a [d*, d] tensor nor a dict with 'weight'")
 
 
 def register(sub) -> None:
