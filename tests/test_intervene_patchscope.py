@@ -93,3 +93,13 @@ def test_mapping_files(tmp_path):
         load_mapping(str(tmp_path / "bad.pt"))
     with pytest.raises(ValueError, match="is not a file"):
         load_mapping(str(tmp_path / "none.pt"))
+
+
+def test_a_second_model_reads_the_patch():
+    lm = LensModel.from_hf(tiny_model("llama"), tiny_tokenizer())
+    other = LensModel.from_hf(tiny_model("llama", seed=1), tiny_tokenizer())  # M*: same width, other weights
+    r = patchscope(lm, "xyz", target="ab?c", layers=[2], n_tokens=4, target_lm=other)
+    state = capture_residuals(lm, torch.tensor(lm.tokenizer("xyz")["input_ids"])[None], embed=False).hidden[2, -1]
+    ids = torch.tensor(other.tokenizer("ab?c")["input_ids"])
+    want = generate(other, ids, [Edit("resid.2", "replace", state, positions=[2])], 4)
+    assert r.generations == [other.tokenizer.decode(want)]
