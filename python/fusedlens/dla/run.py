@@ -123,35 +123,9 @@ def dla(lm: LensModel, prompts, components=("attn", "mlp", "head"), *, answer=No
         comp, res = capture.run(ids, mask)
         final_norm = Frozen.of(lm.norm, comp.final)
         top1 = ops.lens_stats(comp.final[None], lm.norm, lm.unembed, None, 1, backend=backend).topk_ids[0, :, 0]
-        rows = res.input_ids.numel()
-        last = torch.zeros(rows, dtype=torch.bool)
-        last[torch.cat([(res.batch_index == b).nonzero()[-1] for b in res.batch_index.unique()])] = True
         prompt = res.batch_index + first
-        targets = {"next": res.targets.masked_fill(res.targets < 0, -1), "top1": top1.cpu()}
-        for tid in extra:
-            targets[f"token:{tid}"] = torch.full((rows,), tid)
-        if answers is not None:
-            targets["answer"] = torch.where(last, torch.tensor(answers)[prompt], -1)
-        if counters is not None:
-            targets["counterfactual"] = torch.where(last, torch.tensor(counters)[prompt], -1)
-        contrib, logits = {}, {}
-        normed = lm.norm(comp.final)
-        for name, ids_t in targets.items():
-            ids_t = ids_t.to(comp.final.device)
-            contrib[name] = contributions(comp, final_norm, lm, ids_t).masked_fill(ids_t[None] < 0, float("nan"))
-            raw = (normed * lm.unembed.weight[ids_t.clamp(min=0)].to(normed.dtype)).sum(-1)
-            if lm.unembed.bias is not None:
-                raw = raw + lm.unembed.bias[ids_t.clamp(min=0)].to(raw.dtype)
-            logits[name] = raw.masked_fill(ids_t < 0, float("nan"))
-        by_source = {}
-        for src in sources:
-            layer, head = (int(x) for x in src.split(".")[1:])
-            by_source[src] = {}
-            for name, ids_t in targets.items():
-                ids_t = ids_t.to(comp.final.device)
-                rho = readout_directions(final_norm, lm.unembed.weight, ids_t)
-                by_source[src][name] = comp.source_effects(layer, head, rho).masked_fill(ids_t[:, None] < 0,
-                                                                                        float("nan"))
+        targets = _targets(res, top1.cpu(), prompt, extra, answers, counters)
+        contrib, logits, by_source = _attribute(lm, comp, final_norm, targets, sources)
         extremes = None
         if k:
             ext_names, vecs = component_rows(comp, final_norm)
@@ -161,3 +135,38 @@ def dla(lm: LensModel, prompts, components=("attn", "mlp", "head"), *, answer=No
                           extremes=extremes, sources=by_source))
     all_names = component_names(lm.n_layers, capture.n_heads, d_ff)
     return DLAResult.concat(all_names, parts, ext_names if k else None, lm.tokenizer, lm.describe())
+
+
+def _targets(res, top1: torch.Tensor, prompt: torch.Tensor, extra, answers, counters) -> dict:
+    """The token each row is attributed to, per kind (-1: none at that row)."""
+    rows = res.input_ids.numel()
+    last = torch.zeros(rows, dtype=torch.bool)  # each prompt's last position
+    last[torch.cat([(res.batch_index == b).nonzero()[-1] for b in res.batch_index.unique()])] = True
+    targets = {"next": res.targets.masked_fill(res.targets < 0, -1), "top1": top1}
+    for tid in extra:
+        targets[f"token:{tid}"] = torch.full((rows,), tid)
+    if answers is not None:
+        targets["answer"] = torch.where(last, torch.tensor(answers)[prompt], -1)
+    if counters is not None:
+        targets["counterfactual"] = torch.where(last, torch.tensor(counters)[prompt], -1)
+    return targets
+
+
+def _attribute(lm: LensModel, comp, final_norm: Frozen, targets: dict, sources: list) -> tuple[dict, dict, dict]:
+    """Per kind: every component's effect [C, rows], the model's raw logit [rows], and each source head's
+    split by source position [rows, seq]; NaN where a row has no target."""
+    contrib, logits, by_source = {}, {}, {src: {} for src in sources}
+    normed = lm.norm(comp.final)
+    for name, ids_t in targets.items():
+        ids_t = ids_t.to(comp.final.device)
+        none = ids_t < 0
+        contrib[name] = contributions(comp, final_norm, lm, ids_t).masked_fill(none[None], float("nan"))
+        raw = (normed * lm.unembed.weight[ids_t.clamp(min=0)].to(normed.dtype)).sum(-1)
+        if lm.unembed.bias is not None:
+            raw = raw + lm.unembed.bias[ids_t.clamp(min=0)].to(raw.dtype)
+        logits[name] = raw.masked_fill(none, float("nan"))
+        rho = readout_directions(final_norm, lm.unembed.weight, ids_t)
+        for src in sources:
+            layer, head = (int(x) for x in src.split(".")[1:])
+            by_source[src][name] = comp.source_effects(layer, head, rho).masked_fill(none[:, None], float("nan"))
+    return contrib, logits, by_source
