@@ -9,6 +9,7 @@ See docs/design.md.
 import importlib as _importlib
 import sys as _sys
 
+from .concepts import ConceptsResult, concepts  # the function: `fusedlens.concepts(lm, lists=...)`
 from .core.capture import ResidualCapture, Residuals, capture_residuals
 from .core.models import AdapterError, LensModel, load_model
 from .core.readout import FinalNorm, Unembed
@@ -29,3 +30,4 @@ __version__ = "0.1.0"
 __all__ = ["AdapterError", "DLAResult", "FinalNorm", "LensModel", "LensResult", "LensStats", "LogitLens", "ProbeResult",
            "ResidualCapture", "Residuals", "RidgeAccumulator", "Unembed", "capture_residuals", "dla", "load_model",
            "probe"]
+__all__ += ["ConceptsResult", "concepts"]
