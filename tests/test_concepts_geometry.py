@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from concepts_reference import causal_gram, cos, tables
-from fusedlens.concepts.geometry import CausalInnerProduct, concept_geometry, cosine_matrix, tied
+from fusedlens.concepts.geometry import CausalInnerProduct, concept_geometry, cosine_matrix, covariance, tied
 
 TOL = 1e-9  # float64 both ways; Cov's condition number here is ~10, so eigh vs inv differ by ~1e-14
 
@@ -58,6 +58,14 @@ def test_causal_inner_product_is_the_explicit_inverse():
     # not the Euclidean cosine: the metric matters for these scales
     assert float((metric.cosine(x, y) - cosine_matrix(x, y)).abs().mean()) > 1e-3
     assert "full rank" in metric.note
+
+
+def test_covariance_in_blocks_equals_numpy():
+    rows = torch.randn(211, 13) * 3 + 100  # a large mean: a raw-moment formula would cancel badly
+    want = np.cov(rows.double().numpy().T, bias=True)
+    for block in (1, 7, 211, 8192):
+        np.testing.assert_allclose(covariance(rows, block=block).numpy(), want, rtol=1e-12, atol=1e-12)
+    assert covariance(rows.to(torch.bfloat16)).dtype == torch.float64
 
 
 @pytest.mark.parametrize("case", ["few rows", "dead direction"])

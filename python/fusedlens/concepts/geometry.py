@@ -18,6 +18,22 @@ from ..core.checks import check_same_width, check_tensor
 RIDGE = 1e-6  # times the mean eigenvalue, added only when Cov is singular
 
 
+def covariance(rows: torch.Tensor, block: int = 8192) -> torch.Tensor:
+    """Population covariance [d, d] of the rows, float64 on the CPU: the mean first, then the centred
+    Gram summed over blocks of rows on the rows' own device (a [block, d] float64 copy at a time, so a
+    large vocabulary never needs a float64 copy of the whole matrix; centring first: no cancellation)."""
+    v, d = rows.shape
+    mean = torch.zeros(d, dtype=torch.float64, device=rows.device)
+    for i in range(0, v, block):
+        mean += rows[i:i + block].detach().double().sum(0)
+    mean /= v
+    cov = torch.zeros(d, d, dtype=torch.float64, device=rows.device)
+    for i in range(0, v, block):
+        c = rows[i:i + block].detach().double() - mean
+        cov += c.T @ c
+    return (cov / v).cpu()
+
+
 @dataclass
 class CausalInnerProduct:
     """Cov(γ) of the unembedding rows and its inverse square root (float64)."""
@@ -31,10 +47,8 @@ class CausalInnerProduct:
     @classmethod
     def from_unembedding(cls, gamma: torch.Tensor) -> "CausalInnerProduct":
         check_tensor("unembedding", gamma, ndim=2, floating=True)
-        g = gamma.detach().to("cpu", torch.float64)
-        v, d = g.shape
-        centred = g - g.mean(0)
-        cov = centred.T @ centred / v
+        cov = covariance(gamma)
+        v, d = gamma.shape
         lam, q = torch.linalg.eigh(cov)
         # numpy's matrix_rank tolerance: eigenvalues at or below d·ε·λ_max are rounding, not signal
         tol = d * torch.finfo(torch.float64).eps * float(lam[-1].clamp_min(0))

@@ -79,8 +79,8 @@ class ConceptsResult:
         return {"format": FORMAT, **self.meta, "concepts": self.concepts, "n_pairs": self.n_pairs(),
                 "n_skipped": len(self.skipped), "tied": self.tied, "alignment_note": self.alignment_note,
                 "inner_product": self.inner_product, "ridge": self.ridge, "has_embedding": self.has_embedding,
-                "too_few_pairs": few and f"{', '.join(few)}: fewer than 2 usable pairs, within-concept "
-                                        "consistency undefined (null)" or None,
+                "too_few_pairs": (f"{', '.join(few)}: fewer than 2 usable pairs, within-concept consistency "
+                                  "undefined (null)") if few else None,
                 "summary": {k: clean(v) for k, v in self.summary().items()},
                 "geometry": {k: {"pairs": _nan_to_none(g.pairs), "directions": _nan_to_none(g.directions),
                                  "alignment": _nan_to_none(g.alignment),

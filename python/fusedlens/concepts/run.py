@@ -20,6 +20,12 @@ def embedding_matrix(lm: LensModel) -> torch.Tensor | None:
     return w.detach()
 
 
+def _differences(matrix: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """matrix[y] − matrix[x] per pair, float64 on the CPU (gathered where the matrix lives)."""
+    rows = ids.to(matrix.device)
+    return (matrix[rows[:, 1]].double() - matrix[rows[:, 0]].double()).cpu()
+
+
 def concepts(lm: LensModel, lists=None, *, form: str = "auto", progress: bool = False) -> ConceptsResult:
     """Concept geometry of `lm`'s embedding and unembedding (seed 001). lists: None (every built-in list),
     built-in names, paths of JSON files, or a dict {concept: [[x, y], ...]}; form: "auto" (" word", else
@@ -40,8 +46,7 @@ def concepts(lm: LensModel, lists=None, *, form: str = "auto", progress: bool = 
     if emb is not None and emb.shape[0] < lm.vocab_size:
         emb = None  # a smaller input vocabulary cannot hold every unembedding id
     ids = torch.tensor([[p.x_id, p.y_id] for p in used], dtype=torch.long)
-    d_gamma = gamma[ids[:, 1]].double() - gamma[ids[:, 0]].double()
-    d_g = None if emb is None else emb[ids[:, 1]].double() - emb[ids[:, 0]].double()
+    d_gamma, d_g = _differences(gamma, ids), None if emb is None else _differences(emb, ids)
     groups = [torch.tensor([i for i, p in enumerate(used) if p.concept == c], dtype=torch.long) for c in names]
     metric = CausalInnerProduct.from_unembedding(gamma)
     steps.update()
