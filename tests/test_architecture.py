@@ -12,6 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "python" / "fusedlens"
 LEVEL = {"core": 0, "data": 1, "ops": 2, "report": 3, "lens": 4, "tuned": 4, "probe": 4, "refine": 4, "adapters": 5,
          "run": 5,
          "cli": 6}
+LEVEL["directions"] = 4  # reading vectors: an analysis beside probe, whose accumulator it uses (one way)
 # (module, subpackage above it) it may import inside a function: LensModel.from_transformer_lens.
 LAZY_UPWARD = {("core/models.py", "adapters")}
 

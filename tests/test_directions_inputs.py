@@ -41,7 +41,8 @@ def test_labeled_file_picks_the_positive_class(tmp_path):
     path = write(tmp_path / "l.jsonl", rows)
     pairs, info = read_pairs(TOK, labeled=path)
     assert info["positive"] == "pos" and info["negative"] == "neg"
-    assert [TOK.decode(p.ids) for p, _ in pairs] == ["t1", "t2"] and [TOK.decode(q.ids) for _, q in pairs] == ["t0", "t3"]
+    assert [TOK.decode(p.ids) for p, _ in pairs] == ["t1", "t2"]
+    assert [TOK.decode(q.ids) for _, q in pairs] == ["t0", "t3"]
     pairs, info = read_pairs(TOK, labeled=path, positive="neg")
     assert [TOK.decode(p.ids) for p, _ in pairs] == ["t0", "t3"]
     rows = [{"text": "a", "y": 1}, {"text": "b", "y": 0}]

@@ -231,3 +231,21 @@ def test_real_model_matches_float64(real_lm):
     r = directions(real_lm, pairs=recs, layers=[3, 14, 29], heldout=0.25, batch_size=8, progress=False)
     assert r.sites == ["embed", "resid.3", "resid.14", "resid.29"]
     check_against_reference(r, reference(real_lm, recs, "last", 0.25, 0.1, r.sites))
+
+
+def test_the_three_input_forms_give_the_same_vectors(tmp_path):
+    """pos + neg files, pairs and a labeled file of the same contrast: the same batches, bit for bit."""
+    lm = tiny_lm("phi3")
+    recs = random_pairs(9)
+    pos, neg = tmp_path / "pos.jsonl", tmp_path / "neg.jsonl"
+    pos.write_text("".join(json.dumps({"text": r["pos"]}) + "\n" for r in recs))
+    neg.write_text("".join(json.dumps({"text": r["neg"]}) + "\n" for r in recs))
+    labeled = [x for r in recs for x in ({"text": r["neg"], "s": "minus"}, {"text": r["pos"], "s": "plus"})]
+    runs = [directions(lm, pairs=recs, progress=False),
+            directions(lm, pos=str(pos), neg=str(neg), progress=False),
+            directions(lm, labeled=labeled, label_key="s", positive="plus", progress=False)]
+    for r in runs[1:]:
+        for k in KINDS:
+            assert torch.equal(r.vectors[k], runs[0].vectors[k])
+        assert r.heldout == runs[0].heldout
+    assert runs[2].meta["positive"] == "plus"

@@ -22,7 +22,7 @@ from ..core.models import LensModel, load_model
 from ..data.windows import pad_right
 from .inputs import Item, read_pairs, split
 from .result import DirectionsResult
-from .solve import KINDS, accuracy, auroc, check_ridge, projection_scores, site_directions
+from .solve import KINDS, check_ridge, projection_scores, site_directions
 from .stats import ClassStats
 
 
