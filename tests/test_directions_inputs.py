@@ -48,6 +48,10 @@ def test_labeled_file_picks_the_positive_class(tmp_path):
     rows = [{"text": "a", "y": 1}, {"text": "b", "y": 0}]
     pairs, info = read_pairs(TOK, labeled=rows, label_key="y")
     assert info["positive"] == 1 and TOK.decode(pairs[0][0].ids) == "a"
+    for given, want in (("0", 0), ("1", 1)):  # the command line's text names a JSON number or boolean
+        assert read_pairs(TOK, labeled=rows, label_key="y", positive=given)[1]["positive"] == want
+    flags = [{"text": "a", "ok": True}, {"text": "b", "ok": False}]
+    assert read_pairs(TOK, labeled=flags, label_key="ok", positive="false")[1]["positive"] is False
 
 
 def test_split_is_deterministic_disjoint_and_sized():

@@ -15,6 +15,8 @@ from fusedlens.directions import KINDS, DirectionsResult, directions, read_pairs
 from fusedlens.directions.solve import accuracy, auroc
 
 TOK = tiny_tokenizer()
+# a dozen pairs in 48 dimensions: the pooled covariance is singular, as the warning says (checked below)
+pytestmark = pytest.mark.filterwarnings("ignore:directions. the pooled covariance is singular")
 
 
 def random_pairs(n=14, span=False):
@@ -249,3 +251,12 @@ def test_the_three_input_forms_give_the_same_vectors(tmp_path):
             assert torch.equal(r.vectors[k], runs[0].vectors[k])
         assert r.heldout == runs[0].heldout
     assert runs[2].meta["positive"] == "plus"
+
+
+def test_one_token_texts_and_one_layer():
+    lm = tiny_lm("mistral")
+    letters = random.sample(string.ascii_letters, 20)
+    recs = [{"pos": letters[i], "neg": letters[10 + i]} for i in range(10)]
+    r = directions(lm, pairs=recs, layers=[-1], heldout=0.3, batch_size=3, progress=False)
+    assert r.sites == ["embed", f"resid.{lm.n_layers - 1}"] and r.facts[0]["n_pos"] == 7
+    check_against_reference(r, reference(lm, recs, "last", 0.3, 0.1, r.sites))

@@ -13,6 +13,7 @@ tokens, as for probe target files.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -107,8 +108,11 @@ def read_pairs(tokenizer, *, pos=None, neg=None, pairs=None, labeled=None, label
             raise ValueError(f"labeled: expected two classes in \"{label_key}\", found {len(classes)}: {classes}")
         if positive is None:
             positive = classes[1]  # 0/1, false/true, neg/pos, negative/positive: the second in order
-        elif positive not in classes:
-            raise ValueError(f"positive: {positive!r} is not one of the labels {classes}")
+        elif positive not in classes:  # the command line gives text: "1" or "true" names the JSON label 1 / true
+            named = [c for c in classes if str(positive) in (str(c), json.dumps(c))]
+            if len(named) != 1:
+                raise ValueError(f"positive: {positive!r} is not one of the labels {classes}")
+            positive = named[0]
         negative = classes[0] if classes[1] == positive else classes[1]
         pos = [r for r in recs if r[label_key] == positive]
         neg = [r for r in recs if r[label_key] == negative]

@@ -1,9 +1,10 @@
 """Reading vectors from one site's class statistics, and the held-out scores of a projection.
 
 mean_diff: μ+ − μ−. pca: the top eigenvector of the paired differences' uncentred second moment
-Σ δδᵀ — RepE's first principal component, which flips the sign of a random half of the pairs
-before a centred PCA: the flips leave Σ δδᵀ unchanged and make the mean ~0, so both find the same
-axis; its sign is chosen so that the mean difference projects ≥ 0 (neg → pos). lda: Fisher's
+Σ δδᵀ — RepE's first principal component: RepE presents the two members of each pair in random
+order and runs a centred PCA on the differences; random signs leave δδᵀ unchanged and put the mean
+near 0, so both find the same axis. Its sign is chosen so that the mean difference projects ≥ 0
+(neg → pos). lda: Fisher's
 (Σ_pooled + λ·(tr Σ_pooled / d)·I)⁻¹ (μ+ − μ−), Σ_pooled = scatter / (n+ + n− − 2), through one
 eigendecomposition (rank: eigenvalues above the batch Grams' rounding, as for
 probes); with λ = 0 a singular Σ_pooled takes the pseudo-inverse; with no within-class spread at all
