@@ -201,7 +201,8 @@ def test_bad_input_is_one_line(tmp_path):
     for kw, msg in ((dict(pos=["a", "b"], neg=["c"]), "neg: 1 examples but pos has 2"),
                     (dict(pairs=recs, lda_ridge=-1), "lda_ridge"), (dict(pairs=recs, batch_size=0), "batch_size"),
                     (dict(pairs=recs[:2], heldout=0.5), "heldout"), (dict(pairs=recs, layers=[7]), "layers"),
-                    (dict(labeled=[{"text": "a", "label": "x"}] * 3), "labeled: expected two classes")):
+                    (dict(labeled=[{"text": "a", "label": "x"}] * 3), "labeled: expected two classes"),
+                    (dict(pairs=[{"pos": "a" * 200, "neg": "b"}] * 4), r"\(pos\): 200 tokens, more than the model's")):
         with pytest.raises(ValueError, match=msg):
             directions(lm, progress=False, **kw)
 

@@ -93,6 +93,10 @@ def directions(lm: LensModel | None = None, *, pos=None, neg=None, pairs=None, l
         raise ValueError(f"lm: expected a LensModel, got {type(lm).__name__}")
     items, info = read_pairs(lm.tokenizer, pos=pos, neg=neg, pairs=pairs, labeled=labeled, label_key=label_key,
                              positive=positive, position=position)
+    limit = getattr(lm, "context_length", None)
+    for item in (it for pair in items for it in pair):
+        if limit is not None and item.ids.numel() > limit:
+            raise ValueError(f"{item.where}: {item.ids.numel()} tokens, more than the model's context of {limit}")
     train, held = split(len(items), heldout, seed)
     wanted = list(range(lm.n_layers)) if layers is None else check_layers(layers, lm.n_layers)
     capture = ResidualCapture(lm, layers=wanted, embed=True)
