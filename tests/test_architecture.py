@@ -1,6 +1,6 @@
 """The package tree is the architecture: imports go one way (docs/design.md, "Where things live").
 
-core ← data ← ops ← report ← lens, tuned, probe, refine ← adapters, run ← cli: a module may import its
+core ← data ← ops ← report ← lens, tuned, probe, refine, dla, directions, concepts ← intervene ← adapters, run ← cli: a module may import its
 own subpackage and the ones below it, never one above (a data module never imports the CLI),
 and the subpackages on one level form no cycle. The one exception is named in LAZY_UPWARD: an
 entry point a lower module reaches upward through inside a function, never at import time.
@@ -9,10 +9,12 @@ import ast
 import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "python" / "fusedlens"
-LEVEL = {"core": 0, "data": 1, "ops": 2, "report": 3, "lens": 4, "tuned": 4, "probe": 4, "refine": 4, "adapters": 5,
-         "run": 5,
-         "cli": 6}
-LEVEL["concepts"] = 4  # concept geometry (seed 001), an analysis
+LEVEL = {"core": 0, "data": 1, "ops": 2, "report": 3,
+         # the analyses
+         "lens": 4, "tuned": 4, "probe": 4, "refine": 4, "dla": 4, "directions": 4, "concepts": 4,
+         "intervene": 5,  # write hooks, patching (uses dla's component capture)
+         "adapters": 6, "run": 6,
+         "cli": 7}
 # (module, subpackage above it) it may import inside a function: LensModel.from_transformer_lens.
 LAZY_UPWARD = {("core/models.py", "adapters")}
 
@@ -54,6 +56,11 @@ def test_every_subpackage_opens_with_what_it_owns():
     for name in LEVEL:
         doc = ast.get_docstring(ast.parse((PACKAGE / name / "__init__.py").read_text()))
         assert doc and len(doc) > 20, name
+
+
+def test_every_subpackage_has_a_level():
+    subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")} - {"kernels"}
+    assert subpackages <= LEVEL.keys(), f"give {sorted(subpackages - LEVEL.keys())} a level in LEVEL"
 
 
 def test_imports_go_one_way():
