@@ -1,0 +1,173 @@
+"""What bench/gpu_check.py runs: the correctness cases (the kernel tests' own checks, at real sizes
+and odd shapes) and the timed variants (Triton, naive PyTorch, the bare cuBLAS GEMMs).
+
+Correctness reuses the test suites' helpers and tolerances unchanged (tests/test_ops_*.py): each
+case builds fresh random inputs on the default device (gpu_check sets it to the GPU), runs the op
+with backend="triton" and compares it with the float64 reference on the same device.
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+
+K = 10  # top-k of every timed and real-size lens_stats case (one compiled variant serves both)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# (d_model, vocab) of SmolLM2-135M, Gemma-2B and Llama-3-8B; the dry run's tiny stand-ins
+REAL_PAIRS = ((576, 49152), (2048, 256000), (4096, 128256))
+DRY_PAIRS = ((48, 517),)
+
+
+def correctness_cases(dry: bool):
+    """[(name, fn)]: most important first (real sizes), so a time guard drops the odd extras last."""
+    import test_ops_lens_kl as tkl
+    import test_ops_lens_stats as tls
+    import test_ops_logit_extremes as tle
+    import test_ops_ridge_gram as trg
+    import test_ops_target_logit as ttl
+
+    pairs = DRY_PAIRS if dry else REAL_PAIRS
+    sites, tokens = (3, 4) if dry else (31, 16)  # 31 sites: the SmolLM2 timing's slot layout, compiled once
+    # 33 sites: the Llama timing's layout (64 slots, 1-2 tokens per program), at its (d, vocab)
+    t33 = 2 if dry else 16
+    cases = [(f"lens_stats 33x{t33}x{pairs[-1][0]}x{pairs[-1][1]} w=bf16",
+              lambda: tls.check("triton", tls.make_case(33, t33, *pairs[-1], wdtype=torch.bfloat16), K))]
+    for d, vocab in pairs:
+        for wname in ("bf16", "fp32", "fp16"):
+            w = DTYPES[wname]
+            cases.append((f"lens_stats {sites}x{tokens}x{d}x{vocab} w={wname}",
+                          lambda d=d, v=vocab, w=w: tls.check("triton", tls.make_case(sites, tokens, d, v, wdtype=w), K)))
+        cases.append((f"lens_stats {sites}x{tokens}x{d}x{vocab} w=bf16 compute=fp32",
+                      lambda d=d, v=vocab: tls.check("triton", tls.make_case(sites, tokens, d, v, wdtype=torch.bfloat16),
+                                                     K, "fp32")))
+        cases.append((f"lens_stats token_sets 3x8x{d}x{vocab}", lambda d=d, v=vocab: tls.check_set_mass("triton",
+                                                                                                (3, 8, d, v))))
+        lk = (2, 4) if dry else (4, 32)
+        cases.append((f"lens_kl {lk[0]}x{lk[1]}x{d}x{vocab} w=fp32 fwd+grad",
+                      lambda d=d, v=vocab: tkl.check("triton", tkl.make_case(*lk, d, v))))
+        cases.append((f"lens_kl {lk[0]}x{lk[1]}x{d}x{vocab} w=bf16 compute=bf16 fwd+grad",
+                      lambda d=d, v=vocab: tkl.check_bf16("triton", torch.bfloat16, (*lk, d, v, True, None))))
+        rows = 8 if dry else 64
+        for wname in ("bf16", "fp32"):
+            cases.append((f"logit_extremes {rows}x{d}x{vocab} w={wname}",
+                          lambda d=d, v=vocab, w=DTYPES[wname]: tle.check("triton", *tle.make((rows,), d, v, wdtype=w), K)))
+        n = 64 if dry else 4096
+        cases.append((f"ridge_gram 3x{n}x{d}", lambda d=d, n=n: ridge_case(trg, 3, n, d, 3)))
+        cases.append((f"target_logit {rows * 4}x{d}x{vocab}",
+                      lambda d=d, v=vocab: ttl.check_target_logit("triton", rows * 4, d, v, torch.bfloat16, True, None)))
+    # the suites' odd shapes and special cases, as the tests run them
+    for shape in tls.SHAPES:
+        cases.append((f"lens_stats odd {'x'.join(map(str, shape))}", lambda s=shape: tls.check("triton", tls.make_case(*s), K if s[3] >= K else 1)))
+    cases += [("lens_stats exact ties", lambda: tls.test_exact_ties_follow_the_rule("triton")),
+              ("lens_stats large logits", lambda: tls.test_large_magnitude_logits("triton")),
+              ("lens_stats softcap+layernorm", lambda: tls.test_readouts("triton", "layernorm", 10.0, True)),
+              ("lens_stats fp16 hidden", lambda: tls.test_half_precision_hidden_states("triton", torch.float16))]
+    for shape in tkl.SHAPES:
+        cases.append((f"lens_kl odd {'x'.join(map(str, shape))}", lambda s=shape: tkl.check("triton", tkl.make_case(*s))))
+    cases += [("lens_kl softcap", lambda: tkl.test_bias_and_softcap("triton", 3.0, True)),
+              ("lens_kl bf16 softcap", lambda: tkl.check_bf16("triton", torch.float32, tkl.BF16_SHAPES[2]))]
+    for shape in trg.SHAPES:
+        cases.append((f"ridge_gram odd {'x'.join(map(str, shape))}",
+                      lambda s=shape: trg.test_gram_matches_float64_reference("triton", s)))
+    cases.append(("ridge_gram bf16 strided", lambda: trg.test_gram_bfloat16_and_strided_inputs("triton")))
+    for shape in tle.SHAPES[:4]:
+        cases.append((f"logit_extremes odd {shape}", lambda s=shape: tle.check("triton", *tle.make(*s), min(K, s[2]))))
+    cases.append(("target_logit odd", lambda: ttl.test_matches_float64("triton", torch.float32, True, 30.0)))
+    return cases
+
+
+def ridge_case(trg, S, N, d, m):
+    """The suite's Gram check at N rows: entry (i, j) within tol·sqrt(G_ii G_jj), tol the suite's 1e-5 or,
+    for more rows than it was set for, 4·sqrt(N)·2⁻²⁴ (the probabilistic bound of tests/ridge_bounds.py)."""
+    x, y, sx, sy = trg.make_batch(S, N, d, m)
+    start = torch.randn(S, d + m + 1, d + m + 1, dtype=torch.float64)
+    from fusedlens.ops import reference_gram, ridge_gram
+
+    got = ridge_gram(x, y, sx, sy, start.clone(), backend="triton")
+    assert torch.equal(torch.tril(got, -1), torch.tril(start, -1)), "ridge_gram wrote below the diagonal"
+    trg.assert_gram_close(torch.triu(got - start), reference_gram(x, y, sx, sy), tol=max(1e-5, 4 * N ** 0.5 * 2.0 ** -24))
+
+
+# ---------------------------------------------------------------- timed variants
+
+def lens_inputs(S, T, d, V, wname, device, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    xn = torch.randn(S, T, d, generator=g).to(device)
+    w = (torch.randn(V, d, generator=g) / d ** 0.5 * 4).to(device=device, dtype=DTYPES[wname])
+    targets = torch.randint(0, V, (T,), generator=g).to(device)
+    return xn, w, targets
+
+
+def lens_variants(xn, w, targets):
+    """name -> fn() for one lens shape: the fused op, naive PyTorch and the bare GEMM floors."""
+    from bench_lens_triton import bare_matmul, naive_torch
+    from fusedlens import Unembed, ops
+    from fusedlens.ops import reference
+
+    unembed = Unembed(w)
+    bf16 = w.dtype == torch.bfloat16
+    w_bf16 = w if bf16 else w.bfloat16()  # converted once, outside the timed floor
+    out = {"triton": lambda: ops.lens_stats(xn, reference.no_norm, unembed, targets, K, backend="triton"),
+           "naive_torch": lambda: naive_torch(xn, w, targets, K, gemm_dtype=w.dtype if bf16 else None),
+           "cublas_bf16": lambda: bare_matmul(xn, w_bf16)}
+    if not bf16:
+        out["cublas_tf32"] = lambda: bare_matmul(xn, w, tf32=True)
+        out["cublas_fp32"] = lambda: bare_matmul(xn, w)
+    return out
+
+
+def tuned_variants(L, T, d, V, wname, device, seed=0):
+    """One tuned-lens step's loss and backward: fused lens_kl vs naive autograd on materialised logits
+    (the torch backend) vs the two GEMMs of the step (bench/tuned_cpu.py's floor)."""
+    from tuned_cpu import gemm_floor
+    from fusedlens import Unembed
+    from fusedlens.ops import lens_kl
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    xn = (torch.randn(L, T, d, generator=g) * 1.5).to(device)
+    xf = (torch.randn(T, d, generator=g) * 1.5).to(device)
+    unembed = Unembed((torch.randn(V, d, generator=g) * 2 / d ** 0.5).to(device=device, dtype=DTYPES[wname]))
+    hidden = torch.cat([xn, xf[None]])
+
+    def step(backend):
+        x = xn.detach().requires_grad_(True)
+        if backend == "torch":  # naive: materialised logits, the GEMMs in the weights' dtype (autocast for bf16)
+            with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=wname == "bf16"):
+                kl = lens_kl(x, xf, unembed, backend="torch", compute="fp32").kl
+        else:
+            kl = lens_kl(x, xf, unembed, backend=backend).kl
+        kl.float().mean(1).sum().backward()
+        return x.grad
+
+    lens = types.SimpleNamespace(unembed=unembed)
+    out = {"triton": lambda: step("triton"), "naive_torch": lambda: step("torch"),
+           "floor_bf16": lambda: gemm_floor(lens, hidden, torch.bfloat16)}
+    if wname == "fp32":
+        out["floor_tf32"] = lambda: _tf32(lambda: gemm_floor(lens, hidden, torch.float32))
+        out["floor_fp32"] = lambda: gemm_floor(lens, hidden, torch.float32)
+    return out
+
+
+def ridge_variants(S, N, d, m, device, seed=0):
+    """ops.ridge_gram (Triton) vs the float64 torch backend vs the bare fp32 Gram (X.T @ X) of the same size."""
+    from fusedlens.ops import ridge_gram
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = (torch.randn(S, N, d, generator=g) * 3 + 1).to(device)
+    y = torch.randn(N, m, generator=g).to(device)
+    sx, sy = x[:, :1].mean(1).contiguous(), y[:1].mean(0)
+    out = torch.zeros(S, d + m + 1, d + m + 1, dtype=torch.float64, device=device)
+    aug = torch.cat([x, y.expand(S, N, m), torch.ones(S, N, 1, device=device)], -1)
+    return {"triton": lambda: ridge_gram(x, y, sx, sy, out, backend="triton"),
+            "torch_float64": lambda: ridge_gram(x, y, sx, sy, out, backend="torch"),
+            "gemm_fp32": lambda: aug.mT @ aug}
+
+
+def _tf32(fn):
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        return fn()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
