@@ -20,61 +20,67 @@ DRY_PAIRS = ((48, 517),)
 
 
 def correctness_cases(dry: bool):
-    """[(name, fn)]: most important first (real sizes), so a time guard drops the odd extras last."""
+    """[(name, fn, tuned)], most important first (real sizes), so a time guard drops the odd extras last.
+
+    tuned: the case runs at a timed shape's specialization (no bias, k = K, the timed slot layouts,
+    widths and vocabularies that are multiples of 16) and autotunes as the timing will, so the kernels it
+    compiles serve the timing too; the other cases take each kernel's first configuration
+    (FUSEDLENS_TRITON_AUTOTUNE=0) and compile once instead of once per configuration."""
     import test_ops_lens_kl as tkl
     import test_ops_lens_stats as tls
     import test_ops_logit_extremes as tle
     import test_ops_ridge_gram as trg
     import test_ops_target_logit as ttl
 
+    bf16 = torch.bfloat16
     pairs = DRY_PAIRS if dry else REAL_PAIRS
-    sites, tokens = (3, 4) if dry else (31, 16)  # 31 sites: the SmolLM2 timing's slot layout, compiled once
-    # 33 sites: the Llama timing's layout (64 slots, 1-2 tokens per program), at its (d, vocab)
-    t33 = 2 if dry else 16
-    cases = [(f"lens_stats 33x{t33}x{pairs[-1][0]}x{pairs[-1][1]} w=bf16",
-              lambda: tls.check("triton", tls.make_case(33, t33, *pairs[-1], wdtype=torch.bfloat16), K))]
-    for d, vocab in pairs:
+    # 31 and 33 sites: the slot layouts of the SmolLM2 and Llama timings (32 and 64 slots per token);
+    # 30 lens sites: the tuned-lens timings' layout
+    s31, tok, tok33, kl_shape = (3, 4, 2, (2, 4)) if dry else (31, 16, 16, (30, 16))
+    d8, v8 = pairs[-1]
+
+    def lens(S, T, d, v, w, compute=None, bias=False):  # compute: what "auto" picks (bf16 for bf16 weights)
+        compute = compute or ("bf16" if w == bf16 else "fp32")
+        return lambda: tls.check("triton", tls.make_case(S, T, d, v, wdtype=w, bias=bias), K, compute)
+
+    cases = [(f"lens_stats 33x{tok33}x{d8}x{v8} w=bf16", lens(33, tok33, d8, v8, bf16), True)]
+    for d, v in pairs:
         for wname in ("bf16", "fp32", "fp16"):
-            w = DTYPES[wname]
-            cases.append((f"lens_stats {sites}x{tokens}x{d}x{vocab} w={wname}",
-                          lambda d=d, v=vocab, w=w: tls.check("triton", tls.make_case(sites, tokens, d, v, wdtype=w), K)))
-        cases.append((f"lens_stats {sites}x{tokens}x{d}x{vocab} w=bf16 compute=fp32",
-                      lambda d=d, v=vocab: tls.check("triton", tls.make_case(sites, tokens, d, v, wdtype=torch.bfloat16),
-                                                     K, "fp32")))
-        cases.append((f"lens_stats token_sets 3x8x{d}x{vocab}", lambda d=d, v=vocab: tls.check_set_mass("triton",
-                                                                                                (3, 8, d, v))))
-        lk = (2, 4) if dry else (4, 32)
-        cases.append((f"lens_kl {lk[0]}x{lk[1]}x{d}x{vocab} w=fp32 fwd+grad",
-                      lambda d=d, v=vocab: tkl.check("triton", tkl.make_case(*lk, d, v))))
-        cases.append((f"lens_kl {lk[0]}x{lk[1]}x{d}x{vocab} w=bf16 compute=bf16 fwd+grad",
-                      lambda d=d, v=vocab: tkl.check_bf16("triton", torch.bfloat16, (*lk, d, v, True, None))))
+            cases.append((f"lens_stats {s31}x{tok}x{d}x{v} w={wname}", lens(s31, tok, d, v, DTYPES[wname]), True))
+        cases.append((f"lens_kl {'x'.join(map(str, kl_shape))}x{d}x{v} w=fp32 fwd+grad",
+                      lambda d=d, v=v: tkl.check("triton", tkl.make_case(*kl_shape, d, v, bias=False)), True))
+        cases.append((f"lens_kl {'x'.join(map(str, kl_shape))}x{d}x{v} w=bf16 compute=bf16 fwd+grad",
+                      lambda d=d, v=v: tkl.check_bf16("triton", bf16, (*kl_shape, d, v, False, None)), True))
+        n = 64 if dry else 4096
+        cases.append((f"ridge_gram 3x{n}x{d}", lambda d=d, n=n: ridge_case(trg, 3, n, d, 4), True))
+        cases.append((f"lens_stats {s31}x{tok}x{d}x{v} w=bf16 compute=fp32 bias", lens(s31, tok, d, v, bf16, "fp32", True),
+                      False))
+        cases.append((f"lens_stats token_sets 3x8x{d}x{v}", lambda d=d, v=v: tls.check_set_mass("triton", (3, 8, d, v)),
+                      False))
         rows = 8 if dry else 64
         for wname in ("bf16", "fp32"):
-            cases.append((f"logit_extremes {rows}x{d}x{vocab} w={wname}",
-                          lambda d=d, v=vocab, w=DTYPES[wname]: tle.check("triton", *tle.make((rows,), d, v, wdtype=w), K)))
-        n = 64 if dry else 4096
-        cases.append((f"ridge_gram 3x{n}x{d}", lambda d=d, n=n: ridge_case(trg, 3, n, d, 3)))
-        cases.append((f"target_logit {rows * 4}x{d}x{vocab}",
-                      lambda d=d, v=vocab: ttl.check_target_logit("triton", rows * 4, d, v, torch.bfloat16, True, None)))
+            cases.append((f"logit_extremes {rows}x{d}x{v} w={wname}",
+                          lambda d=d, v=v, w=DTYPES[wname]: tle.check("triton", *tle.make((rows,), d, v, wdtype=w), K),
+                          False))
+        cases.append((f"target_logit {rows * 4}x{d}x{v}",
+                      lambda d=d, v=v: ttl.check_target_logit("triton", rows * 4, d, v, bf16, True, None), False))
     # the suites' odd shapes and special cases, as the tests run them
-    for shape in tls.SHAPES:
-        cases.append((f"lens_stats odd {'x'.join(map(str, shape))}", lambda s=shape: tls.check("triton", tls.make_case(*s), K if s[3] >= K else 1)))
-    cases += [("lens_stats exact ties", lambda: tls.test_exact_ties_follow_the_rule("triton")),
-              ("lens_stats large logits", lambda: tls.test_large_magnitude_logits("triton")),
-              ("lens_stats softcap+layernorm", lambda: tls.test_readouts("triton", "layernorm", 10.0, True)),
-              ("lens_stats fp16 hidden", lambda: tls.test_half_precision_hidden_states("triton", torch.float16))]
-    for shape in tkl.SHAPES:
-        cases.append((f"lens_kl odd {'x'.join(map(str, shape))}", lambda s=shape: tkl.check("triton", tkl.make_case(*s))))
-    cases += [("lens_kl softcap", lambda: tkl.test_bias_and_softcap("triton", 3.0, True)),
-              ("lens_kl bf16 softcap", lambda: tkl.check_bf16("triton", torch.float32, tkl.BF16_SHAPES[2]))]
-    for shape in trg.SHAPES:
-        cases.append((f"ridge_gram odd {'x'.join(map(str, shape))}",
-                      lambda s=shape: trg.test_gram_matches_float64_reference("triton", s)))
-    cases.append(("ridge_gram bf16 strided", lambda: trg.test_gram_bfloat16_and_strided_inputs("triton")))
-    for shape in tle.SHAPES[:4]:
-        cases.append((f"logit_extremes odd {shape}", lambda s=shape: tle.check("triton", *tle.make(*s), min(K, s[2]))))
-    cases.append(("target_logit odd", lambda: ttl.test_matches_float64("triton", torch.float32, True, 30.0)))
-    return cases
+    odd = [(f"lens_stats odd {'x'.join(map(str, s))}", lambda s=s: tls.check("triton", tls.make_case(*s), K))
+           for s in tls.SHAPES]
+    odd += [("lens_stats exact ties", lambda: tls.test_exact_ties_follow_the_rule("triton")),
+            ("lens_stats large logits", lambda: tls.test_large_magnitude_logits("triton")),
+            ("lens_stats softcap+layernorm", lambda: tls.test_readouts("triton", "layernorm", 10.0, True)),
+            ("lens_stats fp16 hidden", lambda: tls.test_half_precision_hidden_states("triton", torch.float16))]
+    odd += [(f"lens_kl odd {'x'.join(map(str, s))}", lambda s=s: tkl.check("triton", tkl.make_case(*s)))
+            for s in tkl.SHAPES]
+    odd += [("lens_kl softcap", lambda: tkl.test_bias_and_softcap("triton", 3.0, True)),
+            ("lens_kl bf16 softcap", lambda: tkl.check_bf16("triton", torch.float32, tkl.BF16_SHAPES[2]))]
+    odd += [(f"ridge_gram odd {'x'.join(map(str, s))}", lambda s=s: trg.test_gram_matches_float64_reference("triton", s))
+            for s in trg.SHAPES]
+    odd += [("ridge_gram bf16 strided", lambda: trg.test_gram_bfloat16_and_strided_inputs("triton"))]
+    odd += [(f"logit_extremes odd {s}", lambda s=s: tle.check("triton", *tle.make(*s), min(K, s[2]))) for s in tle.SHAPES[:4]]
+    odd += [("target_logit odd", lambda: ttl.test_matches_float64("triton", torch.float32, True, 30.0))]
+    return cases + [(name, fn, False) for name, fn in odd]
 
 
 def ridge_case(trg, S, N, d, m):

@@ -128,18 +128,21 @@ def correctness(torch, device, dry):
 
     def run(deadline):
         rows = []
-        for name, fn in gpu_cases.correctness_cases(dry):
+        for name, fn, tuned in gpu_cases.correctness_cases(dry):
             if time.monotonic() > deadline:
                 rows.append({"case": name, "status": "skipped (time guard)"})
                 continue
             t0 = time.monotonic()
             seed = torch.seed()  # fresh random inputs on every device, reported with the case
+            os.environ["FUSEDLENS_TRITON_AUTOTUNE"] = "1" if tuned else "0"
             try:
                 with torch.device(device):
                     fn()
                 status, err = "passed", None
             except Exception as e:  # noqa: BLE001
                 status, err = "FAILED", f"{type(e).__name__}: {str(e)[:600]}"
+            finally:
+                os.environ["FUSEDLENS_TRITON_AUTOTUNE"] = "1"
             rows.append({"case": name, "status": status, "seconds": round(time.monotonic() - t0, 2), "seed": seed,
                          **({"error": err} if err else {})})
             print(f"   {status:7} {name} ({rows[-1]['seconds']} s){'  ' + err if err else ''}", flush=True)
@@ -151,15 +154,14 @@ def correctness(torch, device, dry):
     return run
 
 
-def timed(torch, clock, variants, deadline, flops, extra=None):
-    """Time each variant in turn within the deadline; a variant's failure (e.g. out of memory) is recorded."""
+def timed(torch, clock, variants, share, flops):
+    """Time each variant of one shape in turn, repeats sized so that all fit by `share` (a monotonic time;
+    each still gets its warm-up and one timed call, so a shape once started gives every ratio); a
+    variant's failure (e.g. out of memory) is recorded."""
     out = {}
     names = list(variants)
     for i, name in enumerate(names):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            out[name] = {"status": "skipped (time guard)"}
-            continue
+        left = max(share - time.monotonic(), 0.0)
         try:
             r = clock.measure(variants[name], left / (len(names) - i) / 2)
             r["tflops"] = flops / r["ms"] / 1e9
@@ -174,34 +176,42 @@ def timed(torch, clock, variants, deadline, flops, extra=None):
     return out
 
 
+def over_shapes(torch, clock, deadline, jobs, spare_shares=0):
+    """jobs: [(key, info, make_variants, flops)], timed in turn; each shape gets an equal share of the time
+    left (spare_shares: more shares kept for what follows); shapes not begun by the deadline are skipped."""
+    res = {}
+    for i, (key, info, make, flops) in enumerate(jobs):
+        now = time.monotonic()
+        if now > deadline:
+            res[key] = {"status": "skipped (time guard)"}
+            continue
+        print(f"   -- {key}: {info}", flush=True)
+        variants = make()
+        res[key] = {**info, "variants": timed(torch, clock, variants, now + (deadline - now) / (len(jobs) - i + spare_shares),
+                                              flops)}
+        del variants
+        if clock.cuda:
+            torch.cuda.empty_cache()
+    return res
+
+
 def lens_section(torch, clock, device, dry):
     import gpu_cases
 
     def run(deadline):
-        res = {}
-        shapes = DRY_LENS_SHAPES if dry else LENS_SHAPES
-        n = sum(len(w) for _, w in shapes.values()) + 1
-        for tag, ((S, T, d, V), wnames) in shapes.items():
-            for wname in wnames:
-                key = f"{tag} w={wname}"
-                if time.monotonic() > deadline:
-                    res[key] = {"status": "skipped (time guard)"}
-                    continue
-                print(f"   -- {key}: {S} sites x {T} tokens x {d} x {V}", flush=True)
-                inputs = gpu_cases.lens_inputs(S, T, d, V, wname, device)
-                share = time.monotonic() + (deadline - time.monotonic()) / n
-                n -= 1
-                res[key] = {"shape": [S, T, d, V], "weights": wname,
-                            "variants": timed(torch, clock, gpu_cases.lens_variants(*inputs), share, 2 * S * T * d * V)}
-                del inputs
+        jobs = [(f"{tag} w={w}", {"shape": [S, T, d, V], "weights": w},
+                 lambda S=S, T=T, d=d, V=V, w=w: gpu_cases.lens_variants(*gpu_cases.lens_inputs(S, T, d, V, w, device)),
+                 2 * S * T * d * V)
+                for tag, ((S, T, d, V), wnames) in (DRY_LENS_SHAPES if dry else LENS_SHAPES).items() for w in wnames]
+        res = over_shapes(torch, clock, deadline, jobs, spare_shares=1)
         (S, T, d), vocabs = DRY_FLAT_VOCABS if dry else FLAT_VOCABS
         flat = {}
-        for V in vocabs:
+        for V in vocabs:  # the fused op's memory over its inputs at two vocabularies: flat?
             if time.monotonic() > deadline:
                 break
-            inputs = gpu_cases.lens_inputs(S, T, d, V, "bf16", device)
-            flat[str(V)] = clock.measure(gpu_cases.lens_variants(*inputs)["triton"], 0.0)["peak_extra_bytes"]
-            del inputs
+            fn = gpu_cases.lens_variants(*gpu_cases.lens_inputs(S, T, d, V, "bf16", device))["triton"]
+            flat[str(V)] = clock.measure(fn, 0.0)["peak_extra_bytes"]
+            del fn
         res["memory_vs_vocab"] = {"shape": [S, T, d], "extra_bytes": flat}
         return res
     return run
@@ -211,17 +221,11 @@ def tuned_section(torch, clock, device, dry):
     import gpu_cases
 
     def run(deadline):
-        res = {}
-        shapes = DRY_TUNED_SHAPES if dry else TUNED_SHAPES
-        for tag, ((L, T, d, V), wnames) in shapes.items():
-            for wname in wnames:
-                key = f"{tag} w={wname}"
-                print(f"   -- {key}: {L} sites x {T} tokens x {d} x {V}", flush=True)
-                share = time.monotonic() + (deadline - time.monotonic()) / 2
-                res[key] = {"shape": [L, T, d, V], "weights": wname,
-                            "variants": timed(torch, clock, gpu_cases.tuned_variants(L, T, d, V, wname, device), share,
-                                              2 * 2 * (L + 1) * T * d * V)}
-        return res
+        jobs = [(f"{tag} w={w}", {"shape": [L, T, d, V], "weights": w},
+                 lambda L=L, T=T, d=d, V=V, w=w: gpu_cases.tuned_variants(L, T, d, V, w, device),
+                 2 * 2 * (L + 1) * T * d * V)  # two GEMMs over the lens rows and the final rows
+                for tag, ((L, T, d, V), wnames) in (DRY_TUNED_SHAPES if dry else TUNED_SHAPES).items() for w in wnames]
+        return over_shapes(torch, clock, deadline, jobs)
     return run
 
 
@@ -229,14 +233,10 @@ def ridge_section(torch, clock, device, dry):
     import gpu_cases
 
     def run(deadline):
-        res = {}
-        for tag, (S, N, d, m) in (DRY_RIDGE_SHAPES if dry else RIDGE_SHAPES).items():
-            print(f"   -- {tag}: {S} sites x {N} rows x {d} (+{m} targets)", flush=True)
-            share = time.monotonic() + (deadline - time.monotonic()) / 2
-            D = d + m + 1
-            res[tag] = {"shape": [S, N, d, m],
-                        "variants": timed(torch, clock, gpu_cases.ridge_variants(S, N, d, m, device), share, 2 * S * N * D * D)}
-        return res
+        jobs = [(tag, {"shape": [S, N, d, m]}, lambda S=S, N=N, d=d, m=m: gpu_cases.ridge_variants(S, N, d, m, device),
+                 2 * S * N * (d + m + 1) ** 2)
+                for tag, (S, N, d, m) in (DRY_RIDGE_SHAPES if dry else RIDGE_SHAPES).items()]
+        return over_shapes(torch, clock, deadline, jobs)
     return run
 
 

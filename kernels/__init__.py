@@ -21,6 +21,12 @@ def runs_on(device) -> bool:
 
 
 
+def autotuning() -> bool:
+    """Whether GPU launches autotune their tiles (FUSEDLENS_TRITON_AUTOTUNE=0: the first configuration of
+    each TUNE_SPACE, compiled once, e.g. for checks whose shapes are never timed)."""
+    return os.environ.get("FUSEDLENS_TRITON_AUTOTUNE", "1") != "0"
+
+
 def autotune(configs, key, **kwargs):
     """triton.autotune with a short benchmark per config: one warm-up call (it compiles) and then
     timed calls until ~20 ms or 3 calls, so tuning at real sizes (a call can take a second) costs a

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import autotune
+from . import autotune, autotuning
 from .lens_stats import _tile_logits
 
 _NEG = tl.constexpr(-1.0e30)  # padded columns: finite, so exp() underflows to 0 without NaNs
@@ -172,7 +172,7 @@ def lens_kl(xn, xf, w, bias, softcap, with_grad, *, block_v: int | None = None, 
         raise ValueError("triton lens_kl: CPU tensors need TRITON_INTERPRET=1 (set before importing triton)")
     x = torch.cat([xn.float(), xf.float()[None]], 0).contiguous()  # site L = the final rows
     w = w.contiguous()
-    tune = not interp and block_v is None and block_d is None and num_warps is None
+    tune = not interp and autotuning() and block_v is None and block_d is None and num_warps is None
     rows = rows_per_program or (32 if interp else ROWS)
     sites_p = min(triton.next_power_of_2(L + 1), max_sites_per_program)
     groups = triton.cdiv(L, sites_p - 1)

@@ -80,9 +80,9 @@ import triton
 import triton.language as tl
 
 try:
-    from . import autotune
+    from . import autotune, autotuning
 except ImportError:  # loaded as a file of its own (tests/test_kernels_lens_stats.py, bench scripts)
-    from fusedlens.kernels import autotune
+    from fusedlens.kernels import autotune, autotuning
 
 _NEG = tl.constexpr(-1.0e30)  # padded vocab columns: finite, so exp() underflows to 0 without 0·inf NaNs
 _KEY_MIN = tl.constexpr(-9223372036854775808)
@@ -427,7 +427,7 @@ def lens_stats(xn, w, bias, softcap, targets, k, *, block_v: int | None = None, 
 
     # Tiles. Under the interpreter: small fixed tiles. On a GPU, phase 2 (all but 1/S of the work)
     # is autotuned over TUNE_SPACE unless a knob is given; phase 1 keeps the first entry's tiles.
-    tune = not interp and all(v is None for v in (block_v, block_d, rows_per_program, num_warps))
+    tune = not interp and autotuning() and all(v is None for v in (block_v, block_d, rows_per_program, num_warps))
     rows0, block_v0, block_d0, warps0 = TUNE_SPACE[0]
     block_v = block_v or (128 if interp else block_v0)
     block_d = block_d or (64 if interp else block_d0)

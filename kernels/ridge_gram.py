@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import autotune
+from . import autotune, autotuning
 
 
 @triton.jit
@@ -82,11 +82,11 @@ def ridge_gram(x: torch.Tensor, y: torch.Tensor, shift_x: torch.Tensor, shift_y:
         x = x.contiguous()
     y, shift_x, shift_y = y.float().contiguous(), shift_x.float().contiguous(), shift_y.float().contiguous()
     args = (x, y, shift_x, shift_y, out, N, d, m, x.stride(0), x.stride(1), y.stride(0))
-    if block is None and block_n is None and os.environ.get("TRITON_INTERPRET") != "1" and x.device.type == "cuda":
+    if block is None and block_n is None and autotuning() and os.environ.get("TRITON_INTERPRET") != "1":
         _tuned_kernel()[lambda meta: (triton.cdiv(D, meta["BLOCK"]) ** 2, S)](*args)
     else:
-        block, block_n = block or 64, block_n or 32
-        warps = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": 8}
+        block, block_n = block or TUNE_SPACE[0][0], block_n or TUNE_SPACE[0][1]
+        warps = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": TUNE_SPACE[0][2]}
         _ridge_gram_kernel[(triton.cdiv(D, block) ** 2, S)](*args, BLOCK=block, BLOCK_N=block_n, **warps)
 
 
