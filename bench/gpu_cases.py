@@ -44,6 +44,7 @@ def correctness_cases(dry: bool):
         return lambda: tls.check("triton", tls.make_case(S, T, d, v, wdtype=w, bias=bias), K, compute)
 
     cases = [(f"lens_stats 33x{tok33}x{d8}x{v8} w=bf16", lens(33, tok33, d8, v8, bf16), True)]
+    extras = []  # per real size, the checks at untimed specializations: after every timed one
     for d, v in pairs:
         for wname in ("bf16", "fp32", "fp16"):
             cases.append((f"lens_stats {s31}x{tok}x{d}x{v} w={wname}", lens(s31, tok, d, v, DTYPES[wname]), True))
@@ -53,17 +54,18 @@ def correctness_cases(dry: bool):
                       lambda d=d, v=v: tkl.check_bf16("triton", bf16, (*kl_shape, d, v, False, None)), True))
         n = 64 if dry else 4096
         cases.append((f"ridge_gram 3x{n}x{d}", lambda d=d, n=n: ridge_case(trg, 3, n, d, 4), True))
-        cases.append((f"lens_stats {s31}x{tok}x{d}x{v} w=bf16 compute=fp32 bias", lens(s31, tok, d, v, bf16, "fp32", True),
-                      False))
-        cases.append((f"lens_stats token_sets 3x8x{d}x{v}", lambda d=d, v=v: tls.check_set_mass("triton", (3, 8, d, v)),
-                      False))
+        extras.append((f"lens_stats {s31}x{tok}x{d}x{v} w=bf16 compute=fp32 bias", lens(s31, tok, d, v, bf16, "fp32", True),
+                       False))
+        extras.append((f"lens_stats token_sets 3x8x{d}x{v}", lambda d=d, v=v: tls.check_set_mass("triton", (3, 8, d, v)),
+                       False))
         rows = 8 if dry else 64
         for wname in ("bf16", "fp32"):
-            cases.append((f"logit_extremes {rows}x{d}x{v} w={wname}",
-                          lambda d=d, v=v, w=DTYPES[wname]: tle.check("triton", *tle.make((rows,), d, v, wdtype=w), K),
-                          False))
-        cases.append((f"target_logit {rows * 4}x{d}x{v}",
-                      lambda d=d, v=v: ttl.check_target_logit("triton", rows * 4, d, v, bf16, True, None), False))
+            extras.append((f"logit_extremes {rows}x{d}x{v} w={wname}",
+                           lambda d=d, v=v, w=DTYPES[wname]: tle.check("triton", *tle.make((rows,), d, v, wdtype=w), K),
+                           False))
+        extras.append((f"target_logit {rows * 4}x{d}x{v}",
+                       lambda d=d, v=v: ttl.check_target_logit("triton", rows * 4, d, v, bf16, True, None), False))
+    cases += extras
     # the suites' odd shapes and special cases, as the tests run them
     odd = [(f"lens_stats odd {'x'.join(map(str, s))}", lambda s=s: tls.check("triton", tls.make_case(*s), K))
            for s in tls.SHAPES]
@@ -97,11 +99,15 @@ def ridge_case(trg, S, N, d, m):
 
 # ---------------------------------------------------------------- timed variants
 
+def _randn(g, *shape):  # drawn on the device itself: gigabytes of inputs in milliseconds, not seconds
+    return torch.randn(*shape, generator=g, device=g.device)
+
+
 def lens_inputs(S, T, d, V, wname, device, seed=0):
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    xn = torch.randn(S, T, d, generator=g).to(device)
-    w = (torch.randn(V, d, generator=g) / d ** 0.5 * 4).to(device=device, dtype=DTYPES[wname])
-    targets = torch.randint(0, V, (T,), generator=g).to(device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    xn = _randn(g, S, T, d)
+    w = (_randn(g, V, d) / d ** 0.5 * 4).to(DTYPES[wname])
+    targets = torch.randint(0, V, (T,), generator=g, device=device)
     return xn, w, targets
 
 
@@ -130,10 +136,10 @@ def tuned_variants(L, T, d, V, wname, device, seed=0):
     from fusedlens import Unembed
     from fusedlens.ops import lens_kl
 
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    xn = (torch.randn(L, T, d, generator=g) * 1.5).to(device)
-    xf = (torch.randn(T, d, generator=g) * 1.5).to(device)
-    unembed = Unembed((torch.randn(V, d, generator=g) * 2 / d ** 0.5).to(device=device, dtype=DTYPES[wname]))
+    g = torch.Generator(device=device).manual_seed(seed)
+    xn = _randn(g, L, T, d) * 1.5
+    xf = _randn(g, T, d) * 1.5
+    unembed = Unembed((_randn(g, V, d) * 2 / d ** 0.5).to(DTYPES[wname]))
     hidden = torch.cat([xn, xf[None]])
 
     def step(backend):
@@ -159,9 +165,9 @@ def ridge_variants(S, N, d, m, device, seed=0):
     """ops.ridge_gram (Triton) vs the float64 torch backend vs the bare fp32 Gram (X.T @ X) of the same size."""
     from fusedlens.ops import ridge_gram
 
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    x = (torch.randn(S, N, d, generator=g) * 3 + 1).to(device)
-    y = torch.randn(N, m, generator=g).to(device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = _randn(g, S, N, d) * 3 + 1
+    y = _randn(g, N, m)
     sx, sy = x[:, :1].mean(1).contiguous(), y[:1].mean(0)
     out = torch.zeros(S, d + m + 1, d + m + 1, dtype=torch.float64, device=device)
     aug = torch.cat([x, y.expand(S, N, m), torch.ones(S, N, 1, device=device)], -1)
