@@ -11,7 +11,7 @@ import torch
 from ..core.backends import _C, pick_backend
 from ..core.checks import check_tensor
 
-CPU_BLOCK = 128  # Gram block size (CPU: best of 64..256 on 576-wide residuals); Triton autotunes its own
+CPU_BLOCK = 128  # Gram block (best of 64..256 on 576-wide residuals); Triton autotunes its own
 FP32_ROUNDOFF, FP64_ROUNDOFF = 2.0 ** -24, 2.0 ** -53
 
 
