@@ -61,11 +61,16 @@ def make_inputs(vocab: int, wdtype: str, device="cuda"):
     return xn, w, targets
 
 
-def naive_torch(xn, w, targets, k=K):
-    """What one writes without fusion: logits per site, then ~10 passes over them."""
-    wf = w.float()
+def naive_torch(xn, w, targets, k=K, gemm_dtype=None):
+    """What one writes without fusion: logits per site, then ~10 passes over them. gemm_dtype
+    (e.g. bf16 for bf16 weights): the logits' GEMM in that dtype, widened to fp32 after; None: fp32."""
+    wf = w.float() if gemm_dtype is None else w.to(gemm_dtype)
+
+    def logits(x):
+        return x @ wf.T if gemm_dtype is None else (x.to(gemm_dtype) @ wf.T).float()
+
     sites = xn.shape[0]
-    logits_f = xn[-1] @ wf.T
+    logits_f = logits(xn[-1])
     logp_f = torch.log_softmax(logits_f, -1)
     p_f = logp_f.exp()
     del logits_f
@@ -73,7 +78,7 @@ def naive_torch(xn, w, targets, k=K):
     out = {n: [] for n in ("lse", "entropy", "topk_ids", "topk_logits", "target_logit", "target_rank", "kl",
                            "final_top1_rank")}
     for s in range(sites):
-        z = xn[s] @ wf.T
+        z = logits(xn[s])
         lse = torch.logsumexp(z, -1)
         logp = z - lse[:, None]
         out["lse"].append(lse)

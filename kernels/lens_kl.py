@@ -16,20 +16,31 @@ rescale factor of the row's max and adds the [ROWS, BLOCK_V] × [BLOCK_V, BLOCK_
 dots chunk by chunk over d. At the end ∂KL/∂x = a / s − b / s_f, where without a cap
 b is the final slot's own a.
 
-Status: tested on CPU under TRITON_INTERPRET=1 (tests/test_lens_kl.py); not compiled
-or run on a GPU here.
+Status: tested on CPU under TRITON_INTERPRET=1 (tests/test_ops_lens_kl.py); compiles for
+sm_90a (tests/test_kernels_compile.py), not yet run on a GPU (bench/gpu_check.py is the prepared
+check). On a GPU the tiles are autotuned over TUNE_SPACE; with bf16 weights and rows rounded
+to bf16 (x_bf16, compute="bf16") both GEMMs take one bf16 dot per tile.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
 
+from . import autotune, autotuning
 from .lens_stats import _tile_logits
 
 _NEG = tl.constexpr(-1.0e30)  # padded columns: finite, so exp() underflows to 0 without NaNs
+ROWS = 64  # rows per program on a GPU (tokens x site slots)
+# The GPU search space (rows, BLOCK_V, BLOCK_D, warps), small on purpose: ptxas (sm_90a, offline:
+# tests/test_kernels_compile.py) fits each in 255 registers with at most 16 bytes of stack; the old
+# default (64 x 32 on 4 warps) spilled 208-512 bytes, and 128-wide tiles or BLOCK_D 64 spill 400+.
+# The accumulators start at the first tile (no zeroed scratch), so the autotuner's trial runs leave
+# nothing behind.
+TUNE_SPACE = ((ROWS, 64, 32, 8), (ROWS, 32, 32, 8), (ROWS, 64, 16, 8))
 
 
 @triton.jit
@@ -54,11 +65,24 @@ def _per_row(t, BLOCK_T: tl.constexpr, SITES_P: tl.constexpr):
 
 
 @triton.jit
+def _grad_dot(e, wk, PREC: tl.constexpr, ROUND: tl.constexpr, BF16_DOT: tl.constexpr):
+    """e [ROWS, BLOCK_V] (softmax weights) · wk [BLOCK_V, BLOCK_D] in fp32. ROUND (compute="bf16"): e
+    rounded to bf16 and one bf16 dot, as the cpu backend's bf16 sweep (within the stated gradient
+    bound); the interpreter multiplies the same rounded values in fp32 (exact products)."""
+    if ROUND:
+        if BF16_DOT:
+            return tl.dot(e.to(tl.bfloat16), wk.to(tl.bfloat16))
+        return tl.dot(e.to(tl.bfloat16).to(tl.float32), wk.to(tl.float32))
+    return tl.dot(e, wk.to(tl.float32), input_precision=PREC)
+
+
+@triton.jit
 def _lens_kl_kernel(x_ptr, w_ptr, b_ptr, kl_out, lse_out, lsef_out, acc_ptr, accb_ptr, grad_out,
                     L, T, V, d, stride_xs, stride_xt, stride_w, softcap,
                     WITH_GRAD: tl.constexpr, BLOCK_T: tl.constexpr, SITES_P: tl.constexpr,
                     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, W_BF16: tl.constexpr,
-                    BF16_DOT: tl.constexpr, PREC: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+                    BF16_DOT: tl.constexpr, PREC: tl.constexpr, X_BF16: tl.constexpr,
+                    BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     ROWS: tl.constexpr = BLOCK_T * SITES_P
     pid_t = tl.program_id(0)
     group = tl.program_id(1)
@@ -80,7 +104,7 @@ def _lens_kl_kernel(x_ptr, w_ptr, b_ptr, kl_out, lse_out, lsef_out, acc_ptr, acc
         col_ok = cols < V
         z = tl.where(col_ok[None, :], _tile_logits(x_ptr, row_off, row_ok, w_ptr, b_ptr, cols, col_ok, d, stride_w,
                                                    softcap, HAS_BIAS, HAS_SOFTCAP, W_BF16, BF16_DOT, PREC, ROWS,
-                                                   BLOCK_V, BLOCK_D), _NEG)
+                                                   BLOCK_V, BLOCK_D, X_BF16), _NEG)
         m_new = tl.maximum(m, tl.max(z, axis=1))
         alpha = tl.exp(m - m_new)
         e = tl.exp(z - m_new[:, None])
@@ -101,14 +125,14 @@ def _lens_kl_kernel(x_ptr, w_ptr, b_ptr, kl_out, lse_out, lsef_out, acc_ptr, acc
                 ks = k0 + tl.arange(0, BLOCK_D)
                 k_ok = ks < d
                 wk = tl.load(w_ptr + cols.to(tl.int64)[:, None] * stride_w + ks[None, :],
-                             mask=col_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+                             mask=col_ok[:, None] & k_ok[None, :], other=0.0)
                 where = scratch + ks[None, :]
-                a = tl.load(acc_ptr + where, mask=k_ok[None, :], other=0.0)
-                a = a * alpha[:, None] + tl.dot(e_a, wk, input_precision=PREC)
+                a = tl.load(acc_ptr + where, mask=k_ok[None, :] & (v0 > 0), other=0.0)  # tile 0 starts it
+                a = a * alpha[:, None] + _grad_dot(e_a, wk, PREC, W_BF16 and X_BF16, BF16_DOT)
                 tl.store(acc_ptr + where, a, mask=k_ok[None, :])
                 if HAS_SOFTCAP:
-                    b = tl.load(accb_ptr + where, mask=k_ok[None, :], other=0.0)
-                    b = b * alpha_f[:, None] + tl.dot(e_b, wk, input_precision=PREC)
+                    b = tl.load(accb_ptr + where, mask=k_ok[None, :] & (v0 > 0), other=0.0)
+                    b = b * alpha_f[:, None] + _grad_dot(e_b, wk, PREC, W_BF16 and X_BF16, BF16_DOT)
                     tl.store(accb_ptr + where, b, mask=k_ok[None, :])
 
     lse = m + tl.log(s)
@@ -135,9 +159,11 @@ def _lens_kl_kernel(x_ptr, w_ptr, b_ptr, kl_out, lse_out, lsef_out, acc_ptr, acc
 
 def lens_kl(xn, xf, w, bias, softcap, with_grad, *, block_v: int | None = None, block_d: int | None = None,
             rows_per_program: int | None = None, max_sites_per_program: int = 32,
-            input_precision: str = "tf32x3", num_warps: int | None = None):
+            input_precision: str = "tf32x3", num_warps: int | None = None, x_bf16: bool = False):
     """xn [L, T, d] and xf [T, d] float32 (normalised), w [V, d] float32/bfloat16, bias [V] or None,
-    softcap > 0 or 0.0; inputs checked by fusedlens.lens_kl. Tile knobs are powers of two."""
+    softcap > 0 or 0.0; inputs checked by fusedlens.lens_kl. Tile knobs are powers of two; without
+    them a GPU autotunes BLOCK_V, BLOCK_D and warps over TUNE_SPACE. x_bf16: xn and xf hold
+    bf16-rounded values (compute="bf16"): with bf16 w, both GEMMs take one bf16 dot per tile."""
     L, T, d = xn.shape
     V = w.shape[0]
     dev = xn.device
@@ -146,9 +172,8 @@ def lens_kl(xn, xf, w, bias, softcap, with_grad, *, block_v: int | None = None, 
         raise ValueError("triton lens_kl: CPU tensors need TRITON_INTERPRET=1 (set before importing triton)")
     x = torch.cat([xn.float(), xf.float()[None]], 0).contiguous()  # site L = the final rows
     w = w.contiguous()
-    block_v = block_v or (64 if interp else 64)
-    block_d = block_d or (32 if interp else 32)
-    rows = rows_per_program or (32 if interp else 64)
+    tune = not interp and autotuning() and block_v is None and block_d is None and num_warps is None
+    rows = rows_per_program or (32 if interp else ROWS)
     sites_p = min(triton.next_power_of_2(L + 1), max_sites_per_program)
     groups = triton.cdiv(L, sites_p - 1)
     block_t = min(max(1, rows // sites_p), triton.next_power_of_2(T))
@@ -158,14 +183,27 @@ def lens_kl(xn, xf, w, bias, softcap, with_grad, *, block_v: int | None = None, 
     kl, lse, lse_f = torch.empty(L, T, **f32), torch.empty(L, T, **f32), torch.empty(T, **f32)
     softcap = float(softcap or 0.0)
     n_scratch = grid[0] * grid[1] * block_t * sites_p * d if with_grad else 1
-    acc = torch.zeros(n_scratch, **f32)
-    acc_b = torch.zeros(n_scratch, **f32) if with_grad and softcap > 0 else acc
+    acc = torch.empty(n_scratch, **f32)  # per-program gradient accumulators, started by the first tile
+    acc_b = torch.empty(n_scratch, **f32) if with_grad and softcap > 0 else acc
     grad = torch.empty(L, T, d, **f32) if with_grad else torch.empty(0, **f32)
     w_bf16 = w.dtype == torch.bfloat16
-    _lens_kl_kernel[grid](x, w, bias if bias is not None else w, kl, lse, lse_f, acc, acc_b, grad,
-                          L, T, V, d, x.stride(0), x.stride(1), w.stride(0), softcap,
-                          WITH_GRAD=bool(with_grad), BLOCK_T=block_t, SITES_P=sites_p, HAS_BIAS=bias is not None,
-                          HAS_SOFTCAP=softcap > 0, W_BF16=w_bf16, BF16_DOT=w_bf16 and not interp,
-                          PREC=input_precision, BLOCK_V=block_v, BLOCK_D=block_d,
-                          **({} if interp else {"num_warps": num_warps or 4}))
+    args = (x, w, bias if bias is not None else w, kl, lse, lse_f, acc, acc_b, grad,
+            L, T, V, d, x.stride(0), x.stride(1), w.stride(0), softcap)
+    fixed = dict(WITH_GRAD=bool(with_grad), BLOCK_T=block_t, SITES_P=sites_p, HAS_BIAS=bias is not None,
+                 HAS_SOFTCAP=softcap > 0, W_BF16=w_bf16, BF16_DOT=w_bf16 and not interp, PREC=input_precision,
+                 X_BF16=w_bf16 and bool(x_bf16))
+    if tune:
+        _tuned_kernel()[grid](*args, **fixed)
+    else:
+        _, block_v0, block_d0, warps0 = TUNE_SPACE[0]
+        _lens_kl_kernel[grid](*args, BLOCK_V=block_v or 64, BLOCK_D=block_d or (32 if interp else block_d0),
+                              **fixed, **({} if interp else {"num_warps": num_warps or warps0}))
     return kl, lse, lse_f, grad
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned_kernel():
+    """The kernel autotuned over TUNE_SPACE (BLOCK_V, BLOCK_D, warps; the row layout stays the host's,
+    since the gradient scratch is sized by it), keyed on what changes the best tiles."""
+    configs = [triton.Config({"BLOCK_V": bv, "BLOCK_D": bd}, num_warps=w) for _, bv, bd, w in TUNE_SPACE]
+    return autotune(configs, ["d", "SITES_P", "BLOCK_T", "WITH_GRAD", "W_BF16", "X_BF16", "HAS_SOFTCAP"])(_lens_kl_kernel)

@@ -57,9 +57,13 @@ logits can round to one fp32 value; those ties then follow the tie rule in fp32.
 Status and limits:
   * tested on CPU under TRITON_INTERPRET=1 (tests/test_kernels_lens_stats.py);
   * the GPU path compiles for sm_90a (triton.compile to a cubin offline: 255
-    registers, at most a few dozen bytes of spill at the default tiles, k <= 32) but
-    has not been run or timed on a GPU here; the native bf16 dot branch (BF16_DOT)
-    runs only there;
+    registers, at most a few dozen bytes of spill at the default tiles, k <= 32; every
+    TUNE_SPACE entry: tests/test_kernels_compile.py) but has not been run or timed on
+    a GPU here (bench/gpu_check.py is the prepared check); the native bf16 dot branch
+    (BF16_DOT) runs only there;
+  * on a GPU phase 2 is autotuned over TUNE_SPACE (rows per program, BLOCK_V, BLOCK_D,
+    warps), once per slot layout and key (d, k, token sets, operand types); with
+    x_bf16 (compute="bf16") a bf16 w takes one bf16 dot per tile, not three;
   * phase 1 and phase 2 compute the final rows with different row-block shapes; if a
     GPU rounded them differently, only near-ties of the final top-1 could notice;
   * KL is not clamped at 0 (it can be ~-1e-7 for identical distributions other than
@@ -68,16 +72,28 @@ Status and limits:
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
 
+try:
+    from . import autotune, autotuning
+except ImportError:  # loaded as a file of its own (tests/test_kernels_lens_stats.py, bench scripts)
+    from fusedlens.kernels import autotune, autotuning
+
 _NEG = tl.constexpr(-1.0e30)  # padded vocab columns: finite, so exp() underflows to 0 without 0·inf NaNs
 _KEY_MIN = tl.constexpr(-9223372036854775808)
 _KEY_MAX = tl.constexpr(9223372036854775807)
 MAX_K = 32
+# Phase 2's search space on a GPU (rows per program, BLOCK_V, BLOCK_D, warps), deliberately small:
+# every entry compiles for sm_90a in at most 255 registers and a few bytes of stack (ptxas, offline:
+# tests/test_kernels_compile.py); 128 rows with 128-wide tiles, or 16 warps, spill hundreds of bytes,
+# and BLOCK_D 64 spills ~100 with fp32 weights (tf32x3).
+# The first entry is the old default, and phase 1's tiles.
+TUNE_SPACE = ((128, 64, 32, 8), (64, 128, 32, 8), (64, 64, 32, 8))
 MAX_SETS = 16  # token sets (csrc/core/lens_epilogue.h kMaxSets)
 _SETS = tl.constexpr(MAX_SETS)
 
@@ -154,8 +170,10 @@ def _topk_store(top, id_out, val_out, out, mask, K: tl.constexpr, NEGATE: tl.con
 def _tile_logits(x_ptr, row_off, row_ok, w_ptr, b_ptr, cols, col_ok, d, stride_w, softcap,
                  HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, W_BF16: tl.constexpr,
                  BF16_DOT: tl.constexpr, PREC: tl.constexpr,
-                 ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
-    """softcap(x[rows] · w[cols]ᵀ + b[cols]) as a [ROWS, BLOCK_V] fp32 tile (masked rows/cols load zeros)."""
+                 ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, X_BF16: tl.constexpr = False):
+    """softcap(x[rows] · w[cols]ᵀ + b[cols]) as a [ROWS, BLOCK_V] fp32 tile (masked rows/cols load zeros).
+    X_BF16 (bf16 w only): x already holds bf16 values (compute="bf16"), so its 2nd and 3rd parts are
+    zero and one bf16 dot gives the same tile as three."""
     acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
     w_rows = w_ptr + cols.to(tl.int64) * stride_w
     for k0 in range(0, d, BLOCK_D):
@@ -165,7 +183,12 @@ def _tile_logits(x_ptr, row_off, row_ok, w_ptr, b_ptr, cols, col_ok, d, stride_w
         x = x.to(tl.float32)
         w = tl.load(w_rows[:, None] + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
         wt = tl.trans(w)  # [BLOCK_D, BLOCK_V]
-        if W_BF16:
+        if W_BF16 and X_BF16:
+            if BF16_DOT:
+                acc = tl.dot(x.to(tl.bfloat16), wt, acc)
+            else:  # interpreter (see below)
+                acc = tl.dot(x, wt.to(tl.float32), acc)
+        elif W_BF16:
             x1 = x.to(tl.bfloat16)
             r1 = x - x1.to(tl.float32)
             x2 = r1.to(tl.bfloat16)
@@ -192,7 +215,7 @@ def _tile_logits(x_ptr, row_off, row_ok, w_ptr, b_ptr, cols, col_ok, d, stride_w
 def _final_kernel(x_ptr, w_ptr, b_ptr, m_out, s_out, key_out,
                   T, V, d, stride_xt, stride_w, x_final_off, softcap, tiles_per_split,
                   HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, W_BF16: tl.constexpr,
-                  BF16_DOT: tl.constexpr, PREC: tl.constexpr,
+                  BF16_DOT: tl.constexpr, PREC: tl.constexpr, X_BF16: tl.constexpr,
                   ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     """Partial (max, sum-exp, top-1 key) of the final rows over one vocab range."""
     pid_t = tl.program_id(0)
@@ -210,7 +233,7 @@ def _final_kernel(x_ptr, w_ptr, b_ptr, m_out, s_out, key_out,
         cols = (first + i) * BLOCK_V + tl.arange(0, BLOCK_V)
         col_ok = cols < V
         z = _tile_logits(x_ptr, row_off, tok_ok, w_ptr, b_ptr, cols, col_ok, d, stride_w, softcap,
-                         HAS_BIAS, HAS_SOFTCAP, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D)
+                         HAS_BIAS, HAS_SOFTCAP, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D, X_BF16)
         z = tl.where(col_ok[None, :], z, _NEG)
         m_new = tl.maximum(m, tl.max(z, axis=1))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
@@ -230,7 +253,7 @@ def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr, sid_ptr,
                  K: tl.constexpr, KP: tl.constexpr, BLOCK_T: tl.constexpr, SITES_P: tl.constexpr,
                  N_SETS: tl.constexpr,
                  HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, W_BF16: tl.constexpr,
-                 BF16_DOT: tl.constexpr, PREC: tl.constexpr,
+                 BF16_DOT: tl.constexpr, PREC: tl.constexpr, X_BF16: tl.constexpr,
                  BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     ROWS: tl.constexpr = BLOCK_T * SITES_P
     pid_t = tl.program_id(0)
@@ -262,7 +285,7 @@ def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr, sid_ptr,
     g_ft = tl.load(ft_ptr + c_tok, mask=c_ok & (c >= BLOCK_T), other=0)
     g_cols = tl.where(c < BLOCK_T, tl.maximum(g_tgt, 0), g_ft)
     zg = _tile_logits(x_ptr, row_off, row_ok, w_ptr, b_ptr, g_cols, c_ok, d, stride_w, softcap,
-                      HAS_BIAS, HAS_SOFTCAP, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D)
+                      HAS_BIAS, HAS_SOFTCAP, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D, X_BF16)
     thr_t = tl.sum(tl.where(c[None, :] == j[:, None], zg, 0.0), axis=1)
     thr_f = tl.sum(tl.where(c[None, :] == (j + BLOCK_T)[:, None], zg, 0.0), axis=1)
 
@@ -286,7 +309,7 @@ def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr, sid_ptr,
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < V
         z = _tile_logits(x_ptr, row_off, row_ok, w_ptr, b_ptr, cols, col_ok, d, stride_w, softcap,
-                         HAS_BIAS, HAS_SOFTCAP, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D)
+                         HAS_BIAS, HAS_SOFTCAP, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D, X_BF16)
         z = tl.where(col_ok[None, :], z, _NEG)
 
         # lse and entropy: online max with rescaling of s and u = Σ e^(z-m) (z-m)
@@ -354,7 +377,7 @@ def _interpreting() -> bool:
 def lens_stats(xn, w, bias, softcap, targets, k, *, block_v: int | None = None, block_d: int | None = None,
                rows_per_program: int | None = None, max_sites_per_program: int | None = None,
                final_splits: int | None = None, input_precision: str = "tf32x3", num_warps: int | None = None,
-               token_sets=None):
+               token_sets=None, x_bf16: bool = False):
     """Fused logit-lens statistics of xn [S, T, d] (normalised; site S-1 = final layer).
 
     w: [V, d] float32/bfloat16; bias: [V] or None; softcap: float, 0.0 (or None) for none;
@@ -363,8 +386,9 @@ def lens_stats(xn, w, bias, softcap, targets, k, *, block_v: int | None = None, 
     target_logit [S,T] f32 (NaN: no target), target_rank [S,T] i64 (-1: no target),
     kl_to_final [S,T] f32 = KL(p_final || p_site), final_top1_rank [S,T] i64,
     set_mass [S,T,sets] f32: Σ p(v) over each token set of token_sets [V] (-1: no set, ids < 16)).
-    Keyword-only knobs tune the tiling; the defaults suit an H100-class GPU, or the
-    interpreter on CPU (small tiles).
+    x_bf16: xn holds bf16-rounded values (compute="bf16"): with bf16 w, one bf16 dot per tile.
+    Keyword-only knobs fix the tiling; by default the interpreter on CPU gets small tiles and a
+    GPU autotunes phase 2 over TUNE_SPACE (once per shape key).
     """
     if xn.dim() != 3 or w.dim() != 2 or xn.shape[-1] != w.shape[-1]:
         raise ValueError(f"xn [S, T, d] and w [V, d] expected, got {tuple(xn.shape)} and {tuple(w.shape)}")
@@ -401,11 +425,13 @@ def lens_stats(xn, w, bias, softcap, targets, k, *, block_v: int | None = None, 
         bias = bias.to(w.dtype).contiguous()
     w_bf16 = w.dtype == torch.bfloat16
 
-    # GPU defaults: checked with ptxas for sm_90a (255 registers, no or a few bytes of
-    # spill at k <= 32 with 8 warps); not yet timed on a GPU.
-    block_v = block_v or (128 if interp else 64)
-    block_d = block_d or (64 if interp else 32)
-    rows = rows_per_program or (32 if interp else 128)
+    # Tiles. Under the interpreter: small fixed tiles. On a GPU, phase 2 (all but 1/S of the work)
+    # is autotuned over TUNE_SPACE unless a knob is given; phase 1 keeps the first entry's tiles.
+    tune = not interp and autotuning() and all(v is None for v in (block_v, block_d, rows_per_program, num_warps))
+    rows0, block_v0, block_d0, warps0 = TUNE_SPACE[0]
+    block_v = block_v or (128 if interp else block_v0)
+    block_d = block_d or (64 if interp else block_d0)
+    rows = rows_per_program or (32 if interp else rows0)
     max_sp = max_sites_per_program or 64
     for name, val in (("block_v", block_v), ("block_d", block_d), ("rows_per_program", rows),
                       ("max_sites_per_program", max_sp)):
@@ -416,15 +442,14 @@ def lens_stats(xn, w, bias, softcap, targets, k, *, block_v: int | None = None, 
     # slot layout: SITES_P slots per token, the last one the final site
     sites_p = 1 if S == 1 else min(triton.next_power_of_2(S), max_sp)
     groups = 1 if S == 1 else triton.cdiv(S - 1, sites_p - 1)
-    block_t = min(max(1, rows // sites_p), triton.next_power_of_2(T), block_v // 2)
-    block_t = max(block_t, triton.cdiv(16, sites_p))  # tl.dot wants >= 16 rows
+    block_t = _block_t(rows, block_v, sites_p, T)
     if 2 * block_t > block_v:
         raise ValueError(f"block_v ({block_v}) must hold 2 x block_t ({block_t}) gather columns")
     kp = triton.next_power_of_2(k)
     common = dict(HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap > 0, W_BF16=w_bf16,
-                  BF16_DOT=w_bf16 and not interp, PREC=input_precision, BLOCK_V=block_v, BLOCK_D=block_d)
+                  BF16_DOT=w_bf16 and not interp, PREC=input_precision, X_BF16=w_bf16 and bool(x_bf16))
     warps1 = {} if interp else {"num_warps": 4}
-    warps2 = {} if interp else {"num_warps": num_warps or 8}
+    warps2 = {} if interp else {"num_warps": num_warps or warps0}
     b_arg = bias if bias is not None else w
 
     # ---- phase 1: final rows, split over vocab ranges
@@ -440,7 +465,7 @@ def lens_stats(xn, w, bias, softcap, targets, k, *, block_v: int | None = None, 
     key_p = torch.empty(splits, T, dtype=torch.int64, device=dev)
     _final_kernel[(blocks1, splits)](xn, w, b_arg, m_p, s_p, key_p, T, V, d, xn.stride(1), w.stride(0),
                                      (S - 1) * xn.stride(0), softcap, tiles_per_split, ROWS=rows1,
-                                     **common, **warps1)
+                                     BLOCK_V=block_v, BLOCK_D=block_d, **common, **warps1)
     m_all = m_p.max(0).values
     lse_final = m_all + torch.log((s_p * torch.exp(m_p - m_all)).sum(0))
     best = key_p.max(0).values
@@ -462,14 +487,38 @@ def lens_stats(xn, w, bias, softcap, targets, k, *, block_v: int | None = None, 
         token_sets = token_sets.to(device=dev, dtype=torch.int32).contiguous()
         n_sets = int(token_sets.max()) + 1
     set_mass = torch.empty(S, T, n_sets, dtype=torch.float32, device=dev)
-    grid = (triton.cdiv(T, block_t), groups)
-    _lens_kernel[grid](xn, w, b_arg, targets, final_top1, lse_final.contiguous(),
-                       token_sets if token_sets is not None else targets,  # never read when N_SETS == 0
-                       lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl, final_rank, set_mass,
-                       S, T, V, d, xn.stride(0), xn.stride(1), w.stride(0), softcap,
-                       K=k, KP=kp, BLOCK_T=block_t, SITES_P=sites_p, N_SETS=n_sets, **common,
-                       **warps2)
+    args = (xn, w, b_arg, targets, final_top1, lse_final.contiguous(),
+            token_sets if token_sets is not None else targets,  # never read when N_SETS == 0
+            lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl, final_rank, set_mass,
+            S, T, V, d, xn.stride(0), xn.stride(1), w.stride(0), softcap)
+    fixed = dict(K=k, KP=kp, SITES_P=sites_p, N_SETS=n_sets, **common)
+    if tune:
+        _tuned_lens_kernel(sites_p, min(triton.next_power_of_2(T), 256))[
+            lambda meta: (triton.cdiv(T, meta["BLOCK_T"]), groups)](*args, **fixed)
+    else:
+        _lens_kernel[(triton.cdiv(T, block_t), groups)](*args, BLOCK_T=block_t, BLOCK_V=block_v, BLOCK_D=block_d,
+                                                        **fixed, **warps2)
     return lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl, final_rank, set_mass
+
+
+def _block_t(rows: int, block_v: int, sites_p: int, T: int) -> int:
+    """Tokens per program: rows // sites_p, at most the tokens there are and half a vocab tile (the
+    gather tile's columns), and at least 16 rows for tl.dot."""
+    block_t = min(max(1, rows // sites_p), triton.next_power_of_2(T), block_v // 2)
+    return max(block_t, triton.cdiv(16, sites_p))
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned_lens_kernel(sites_p: int, t_cap: int):
+    """Phase 2 autotuned over TUNE_SPACE for one slot layout (BLOCK_T depends on SITES_P and the
+    tokens); keyed on what changes the best tiles: d_model, k, token sets and the operand types."""
+    configs, seen = [], set()
+    for rows, block_v, block_d, warps in TUNE_SPACE:
+        meta = (_block_t(rows, block_v, sites_p, t_cap), block_v, block_d, warps)
+        if meta not in seen:
+            seen.add(meta)
+            configs.append(triton.Config(dict(zip(("BLOCK_T", "BLOCK_V", "BLOCK_D"), meta[:3])), num_warps=warps))
+    return autotune(configs, ["d", "K", "N_SETS", "W_BF16", "X_BF16", "HAS_SOFTCAP"])(_lens_kernel)
 
 
 def _sm_count(dev: torch.device) -> int:

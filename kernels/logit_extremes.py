@@ -42,7 +42,8 @@ from .lens_stats import _KEY_MIN, MAX_K, _key, _tile_logits, _topk_fold, _topk_s
 def _extremes_kernel(x_ptr, w_ptr, top_id_out, top_val_out, bot_id_out, bot_val_out,
                      R, V, d, stride_x, stride_w,
                      K: tl.constexpr, KP: tl.constexpr, W_BF16: tl.constexpr, BF16_DOT: tl.constexpr,
-                     PREC: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+                     PREC: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                     X_BF16: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < R
     row_off = rows.to(tl.int64) * stride_x
@@ -54,7 +55,7 @@ def _extremes_kernel(x_ptr, w_ptr, top_id_out, top_val_out, bot_id_out, bot_val_
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < V
         z = _tile_logits(x_ptr, row_off, row_ok, w_ptr, w_ptr, cols, col_ok, d, stride_w, 0.0,
-                         False, False, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D)
+                         False, False, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D, X_BF16)
         ok = col_ok[None, :] & row_ok[:, None]
         top = _topk_fold(top, tl.where(ok, _key(z, cols[None, :]), _KEY_MIN), kslot, k_ok, KP)
         bottom = _topk_fold(bottom, tl.where(ok, _key(-z, cols[None, :]), _KEY_MIN), kslot, k_ok, KP)
@@ -65,12 +66,13 @@ def _extremes_kernel(x_ptr, w_ptr, top_id_out, top_val_out, bot_id_out, bot_val_
 
 def logit_extremes(x, w, k, *, block_v: int | None = None, block_d: int | None = None,
                    rows_per_program: int | None = None, input_precision: str = "tf32x3",
-                   num_warps: int | None = None):
+                   num_warps: int | None = None, x_bf16: bool = False):
     """Top-k and bottom-k of z = x · wᵀ per row: x [R, d] (float32), w [V, d] float32/bfloat16,
     1 <= k <= min(32, V). Returns (top_ids [R, k] i64, top_logits [R, k] f32, bottom_ids,
     bottom_logits): top by descending logit, bottom by ascending, equal logits by ascending id.
     Keyword-only knobs tune the tiling (powers of two); the defaults are small tiles for the
-    interpreter on CPU, and on a GPU tiles that compile without spills (not timed).
+    interpreter on CPU, and on a GPU tiles that compile without spills (not timed). x_bf16: x holds
+    bf16-rounded values (compute="bf16"): with bf16 w, one bf16 dot per tile instead of three.
     """
     if x.dim() != 2 or w.dim() != 2 or x.shape[-1] != w.shape[-1]:
         raise ValueError(f"x [R, d] and w [V, d] expected, got {tuple(x.shape)} and {tuple(w.shape)}")
@@ -102,5 +104,6 @@ def logit_extremes(x, w, k, *, block_v: int | None = None, block_d: int | None =
     _extremes_kernel[(triton.cdiv(R, rows),)](
         x, w, *out, R, V, d, x.stride(0), w.stride(0), K=k, KP=triton.next_power_of_2(k), W_BF16=w_bf16,
         BF16_DOT=w_bf16 and not interp, PREC=input_precision, ROWS=rows, BLOCK_V=block_v, BLOCK_D=block_d,
+        X_BF16=w_bf16 and bool(x_bf16),
         **({} if interp else {"num_warps": num_warps or 8}))
     return tuple(out)

@@ -4,16 +4,22 @@ W_s = [x[s] − shift_x[s] | y − shift_y | 1] is never written out: each progr
 builds its two column panels of W on the fly (shift and augmentation fused into the
 loads), multiplies them over the rows with fp32 accumulation (tl.dot, "ieee"
 precision: TF32 would lose the R² tolerance), and adds the fp32 tile into the float64
-totals. Only block pairs (i <= j) are launched, so symmetry halves the work.
+totals. Only block pairs (i <= j) do work (the others return at once), so symmetry halves it.
 
-Tested on CPU under TRITON_INTERPRET=1 (tests/test_ridge_kernels.py); not run on a GPU
-here.
+Tested on CPU under TRITON_INTERPRET=1 (tests/test_ops_ridge_gram.py) and compiled for sm_90a
+(tests/test_kernels_compile.py); not yet run on a GPU (bench/gpu_check.py is the prepared check).
+On a GPU BLOCK and BLOCK_N are autotuned over TUNE_SPACE.
 """
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 import triton
 import triton.language as tl
+
+from . import autotune, autotuning
 
 
 @triton.jit
@@ -35,36 +41,56 @@ def _panel(x_ptr, y_ptr, sx_ptr, sy_ptr, s, rows, cols, N, d, m, stride_xs, stri
 
 
 @triton.jit
-def _ridge_gram_kernel(x_ptr, y_ptr, sx_ptr, sy_ptr, out_ptr, pairs_ptr, N, d, m, stride_xs, stride_xn, stride_yn,
+def _ridge_gram_kernel(x_ptr, y_ptr, sx_ptr, sy_ptr, out_ptr, N, d, m, stride_xs, stride_xn, stride_yn,
                        BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
-    pair = tl.program_id(0)
-    s = tl.program_id(1).to(tl.int64)  # s * stride_xs and s * D * D can pass 2^31
-    ci = tl.load(pairs_ptr + 2 * pair) * BLOCK + tl.arange(0, BLOCK)
-    cj = tl.load(pairs_ptr + 2 * pair + 1) * BLOCK + tl.arange(0, BLOCK)
-    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        rows = n0 + tl.arange(0, BLOCK_N)
-        a = _panel(x_ptr, y_ptr, sx_ptr, sy_ptr, s, rows, ci, N, d, m, stride_xs, stride_xn, stride_yn)
-        b = _panel(x_ptr, y_ptr, sx_ptr, sy_ptr, s, rows, cj, N, d, m, stride_xs, stride_xn, stride_yn)
-        acc = tl.dot(tl.trans(a), b, acc, input_precision="ieee")
-    D = d + m + 1
-    keep = (ci[:, None] < D) & (cj[None, :] < D) & (cj[None, :] >= ci[:, None])
-    ptrs = out_ptr + s * D * D + ci[:, None] * D + cj[None, :]
-    old = tl.load(ptrs, mask=keep, other=0.0)
-    tl.store(ptrs, old + acc.to(tl.float64), mask=keep)
+    nb = tl.cdiv(d + m + 1, BLOCK)
+    bi = tl.program_id(0) // nb
+    bj = tl.program_id(0) % nb
+    if bj >= bi:  # block pairs (i <= j) only: the programs below the diagonal return at once
+        s = tl.program_id(1).to(tl.int64)  # s * stride_xs and s * D * D can pass 2^31
+        ci = bi * BLOCK + tl.arange(0, BLOCK)
+        cj = bj * BLOCK + tl.arange(0, BLOCK)
+        acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            rows = n0 + tl.arange(0, BLOCK_N)
+            a = _panel(x_ptr, y_ptr, sx_ptr, sy_ptr, s, rows, ci, N, d, m, stride_xs, stride_xn, stride_yn)
+            b = _panel(x_ptr, y_ptr, sx_ptr, sy_ptr, s, rows, cj, N, d, m, stride_xs, stride_xn, stride_yn)
+            acc = tl.dot(tl.trans(a), b, acc, input_precision="ieee")
+        D = d + m + 1
+        keep = (ci[:, None] < D) & (cj[None, :] < D) & (cj[None, :] >= ci[:, None])
+        ptrs = out_ptr + s * D * D + ci[:, None] * D + cj[None, :]
+        old = tl.load(ptrs, mask=keep, other=0.0)
+        tl.store(ptrs, old + acc.to(tl.float64), mask=keep)
+
+
+# The GPU search space (BLOCK, BLOCK_N, warps), small on purpose: each compiles for sm_90a without
+# stack (ptxas, offline: tests/test_kernels_compile.py); the old default (64, 32) on 4 warps spilled
+# 328 bytes and 128-wide blocks spill ~500. The kernel adds into `out`, so the autotuner restores it
+# after each of its benchmark runs.
+TUNE_SPACE = ((64, 32, 8), (64, 64, 8), (32, 32, 4))
 
 
 def ridge_gram(x: torch.Tensor, y: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor, out: torch.Tensor,
-               block: int = 64, block_n: int = 32) -> None:
+               block: int | None = None, block_n: int | None = None) -> None:
     """x [S, N, d] float32/bf16; y [N, m], shift_x [S, d], shift_y [m] float32; out [S, D, D] float64 contiguous,
-    D = d + m + 1 (all checked by the caller). Adds in place."""
+    D = d + m + 1 (all checked by the caller). Adds in place. Without block / block_n a GPU autotunes
+    them over TUNE_SPACE; the interpreter takes 64 / 32."""
     S, N, d = x.shape
     m = y.shape[1]
     D = d + m + 1
     if x.stride(2) != 1:
         x = x.contiguous()
     y, shift_x, shift_y = y.float().contiguous(), shift_x.float().contiguous(), shift_y.float().contiguous()
-    nb = triton.cdiv(D, block)
-    pairs = torch.tensor([(i, j) for i in range(nb) for j in range(i, nb)], dtype=torch.int32, device=x.device)
-    _ridge_gram_kernel[(pairs.shape[0], S)](x, y, shift_x, shift_y, out, pairs, N, d, m, x.stride(0), x.stride(1),
-                                            y.stride(0), BLOCK=block, BLOCK_N=block_n)
+    args = (x, y, shift_x, shift_y, out, N, d, m, x.stride(0), x.stride(1), y.stride(0))
+    if block is None and block_n is None and autotuning() and os.environ.get("TRITON_INTERPRET") != "1":
+        _tuned_kernel()[lambda meta: (triton.cdiv(D, meta["BLOCK"]) ** 2, S)](*args)
+    else:
+        block, block_n = block or TUNE_SPACE[0][0], block_n or TUNE_SPACE[0][1]
+        warps = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": TUNE_SPACE[0][2]}
+        _ridge_gram_kernel[(triton.cdiv(D, block) ** 2, S)](*args, BLOCK=block, BLOCK_N=block_n, **warps)
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned_kernel():
+    configs = [triton.Config({"BLOCK": b, "BLOCK_N": n}, num_warps=w) for b, n, w in TUNE_SPACE]
+    return autotune(configs, ["d", "m"], restore_value=["out_ptr"])(_ridge_gram_kernel)

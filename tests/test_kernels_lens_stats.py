@@ -369,7 +369,7 @@ spec = importlib.util.spec_from_file_location("tls", sys.argv[1]); m = importlib
 spec.loader.exec_module(m)
 w = "*bf16" if sys.argv[2] == "bf16" else "*fp32"
 common = dict(HAS_BIAS=True, HAS_SOFTCAP=True, W_BF16=w == "*bf16", BF16_DOT=w == "*bf16", PREC="tf32x3",
-              BLOCK_V=64, BLOCK_D=32)
+              BLOCK_V=64, BLOCK_D=32, X_BF16=False)  # the three-part bf16 dot (fp32-accurate x)
 def build(fn, sig, const, warps):
     sig = dict(sig, **{c: "constexpr" for c in const})
     return triton.compile(ASTSource(fn, sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
@@ -394,3 +394,15 @@ def test_gpu_path_compiles_for_sm90(wdtype, k, tmp_path):
     """Compile both kernels (GPU defaults) to an sm_90 cubin with triton's own ptxas: no GPU needed."""
     kernel = pathlib.Path(__file__).resolve().parents[1] / "kernels" / "lens_stats.py"
     compile_offline(_COMPILE, [str(kernel), wdtype, str(k)], tmp_path)
+
+
+def test_bf16_rounded_rows_take_one_dot_with_the_same_result():
+    """x_bf16 (compute="bf16": xn already rounded to bf16): one bf16 dot per tile instead of the three
+    parts of an fp32 xn, whose second and third parts are then zero: the same statistics, bit for bit."""
+    xn, w, bias, targets = make(3, 5, 80, 1007, wdtype=torch.bfloat16)
+    xn = xn.bfloat16().float()
+    one = tls.lens_stats(xn.to(DEVICE), w.to(DEVICE), bias.to(DEVICE), 0.0, targets.to(DEVICE), 4, x_bf16=True)
+    three = tls.lens_stats(xn.to(DEVICE), w.to(DEVICE), bias.to(DEVICE), 0.0, targets.to(DEVICE), 4)
+    for name, a, b in zip(NAMES, one, three):
+        assert torch.equal(a, b), name
+    run_and_check(xn, w, bias, 0.0, targets, 4, x_bf16=True)

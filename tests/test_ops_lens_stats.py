@@ -275,6 +275,11 @@ def set_cases(vocab):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(3, 5, 48, 1009), (1, 2, 32, 300), (2, 1, 40, 777)], ids=str)
 def test_token_set_mass_against_float64(backend, shape):
+    check_set_mass(backend, shape)
+
+
+def check_set_mass(backend, shape):
+    """Every set_cases() partition's mass against float64 softmax sums (also bench/gpu_check.py's check)."""
     hidden, norm, unembed, targets = make_case(*shape, scale=3.0)
     logits = float64_logits(hidden, norm, unembed)
     p = torch.softmax(logits, -1)

@@ -257,7 +257,7 @@ w, k = ("*bf16" if sys.argv[1] == "bf16" else "*fp32"), int(sys.argv[2])
 sig = {"x_ptr": "*fp32", "w_ptr": w, "top_id_out": "*i64", "top_val_out": "*fp32", "bot_id_out": "*i64",
        "bot_val_out": "*fp32", "R": "i32", "V": "i32", "d": "i32", "stride_x": "i32", "stride_w": "i32"}
 const = dict(K=k, KP=triton.next_power_of_2(k), W_BF16=w == "*bf16", BF16_DOT=w == "*bf16", PREC="tf32x3",
-             ROWS=64, BLOCK_V=64, BLOCK_D=32)
+             ROWS=64, BLOCK_V=64, BLOCK_D=32, X_BF16=w == "*bf16")  # bf16: the one-dot path of compute="bf16"
 triton.compile(ASTSource(m._extremes_kernel, dict(sig, **{c: "constexpr" for c in const}), constexprs=const),
                target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
 print("compiled")

@@ -31,18 +31,23 @@ def shapes(backend):
 @pytest.mark.parametrize("with_bias,softcap", [(False, None), (True, None), (True, 30.0)])
 def test_matches_float64(backend, wdtype, with_bias, softcap):
     for rows, d, vocab in shapes(backend):
-        x = torch.randn(rows, d) * 2
-        w = torch.randn(vocab, d).to(wdtype)
-        bias = torch.randn(vocab).to(wdtype) if with_bias else None
-        ids = torch.randint(0, vocab, (rows,))
-        ids[torch.rand(rows) < 0.2] = -100
-        got = ops.target_logit(x, w, ids, bias, softcap=softcap, backend=backend)
-        want = oracle(x, w, ids, bias, softcap)
-        assert got.dtype == torch.float32 and got.shape == (rows,)
-        assert torch.equal(torch.isnan(got), ids < 0)
-        keep = ids >= 0
-        err = (got[keep].double() - want[keep]).abs() / (1 + want[keep].abs())
-        assert err.max() < TOL[wdtype] if keep.any() else True, (rows, d, vocab, float(err.max()))
+        check_target_logit(backend, rows, d, vocab, wdtype, with_bias, softcap)
+
+
+def check_target_logit(backend, rows, d, vocab, wdtype, with_bias, softcap):
+    """Fresh random rows, weights and ids (a fifth ignored) against float64 (also bench/gpu_check.py's check)."""
+    x = torch.randn(rows, d) * 2
+    w = torch.randn(vocab, d).to(wdtype)
+    bias = torch.randn(vocab).to(wdtype) if with_bias else None
+    ids = torch.randint(0, vocab, (rows,))
+    ids[torch.rand(rows) < 0.2] = -100
+    got = ops.target_logit(x, w, ids, bias, softcap=softcap, backend=backend)
+    want = oracle(x, w, ids, bias, softcap)
+    assert got.dtype == torch.float32 and got.shape == (rows,)
+    assert torch.equal(torch.isnan(got), ids < 0)
+    keep = ids >= 0
+    err = (got[keep].double() - want[keep]).abs() / (1 + want[keep].abs())
+    assert err.max() < TOL[wdtype] if keep.any() else True, (rows, d, vocab, float(err.max()))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -22,7 +22,7 @@ xn's dtype (float64 gives the oracle).
 compute="bf16" (the default for bf16 weights, as in `ops.lens_stats`) rounds the GEMM
 operands to bf16 and, on CPUs with AVX512-BF16, multiplies them with vdpbf16ps at
 twice the fp32 rate: xn, xn_final and W for the logits (so `kl` and `lse` are those of
-the rounded operands, `reference.matmul_operands`, to fp32 accuracy), and on `cpu` also
+the rounded operands, `reference.matmul_operands`, to fp32 accuracy), and (cpu and triton) also
 the softmax weights exp(z − m) of the gradient's GEMM. Without bf16 dot instructions
 the rounded operands go through the fp32 kernel instead (products of bf16 values are
 exact in fp32: the same numbers at the fp32 speed). Each gradient entry k then
@@ -96,8 +96,8 @@ class FusedLensKL(torch.autograd.Function):
         args = (xn.contiguous(), xn_final.contiguous(), weight, bias, float(softcap or 0.0), with_grad)
         if backend == "cpu":
             kl, lse, lse_final, grad = kernel(*args, token_block, vocab_tile, bool(bf16_kernel))
-        else:
-            kl, lse, lse_final, grad = kernel(*args)
+        else:  # rounded operands: with bf16 weights, one bf16 dot per tile for the logits and the gradient
+            kl, lse, lse_final, grad = kernel(*args, x_bf16=bool(round_inputs))
         ctx.mark_non_differentiable(lse, lse_final)
         ctx.save_for_backward(grad if with_grad else None)
         ctx.xn_dtype = xn.dtype

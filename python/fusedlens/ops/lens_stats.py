@@ -98,7 +98,7 @@ def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets:
         from ..kernels.lens_stats import lens_stats as triton_lens_stats
 
         out = triton_lens_stats(xn, weight, unembed.bias, float(unembed.softcap or 0.0), ids, k,
-                                token_sets=token_sets)
+                                token_sets=token_sets, x_bf16=compute == "bf16")  # xn rounded above: one bf16 dot
     lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl, final_rank, set_mass = out
     if targets is None:
         target_logit = target_logprob = target_rank = None

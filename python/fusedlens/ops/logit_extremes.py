@@ -79,6 +79,6 @@ def logit_extremes(rows: torch.Tensor, weight: torch.Tensor, k: int = 10, *, bac
         else:
             from ..kernels.logit_extremes import logit_extremes as triton_logit_extremes
 
-            out = triton_logit_extremes(x, w, k)
+            out = triton_logit_extremes(x, w, k, x_bf16=compute == "bf16")  # x rounded above: one bf16 dot
     top_ids, top_logits, bottom_ids, bottom_logits = (t.reshape(*lead, k) for t in out)
     return LogitExtremes(top_ids=top_ids, top_logits=top_logits, bottom_ids=bottom_ids, bottom_logits=bottom_logits)

@@ -11,7 +11,7 @@ import torch
 from ..core.backends import _C, pick_backend
 from ..core.checks import check_tensor
 
-CPU_BLOCK, TRITON_BLOCK = 128, 64  # Gram block sizes (CPU: best of 64..256 on 576-wide residuals)
+CPU_BLOCK = 128  # Gram block (best of 64..256 on 576-wide residuals); Triton autotunes its own
 FP32_ROUNDOFF, FP64_ROUNDOFF = 2.0 ** -24, 2.0 ** -53
 
 
@@ -74,5 +74,5 @@ def ridge_gram(x: torch.Tensor, y: torch.Tensor, shift_x: torch.Tensor, shift_y:
     else:
         from ..kernels.ridge_gram import ridge_gram as triton_ridge_gram
 
-        triton_ridge_gram(x, y, shift_x, shift_y, out, block=block or TRITON_BLOCK)
+        triton_ridge_gram(x, y, shift_x, shift_y, out, block=block)  # None: autotuned on a GPU
     return out
