@@ -27,7 +27,6 @@ for _old, _new in _OLD_MODULES.items():
     _sys.modules[f"{__name__}.{_old}"] = globals()[_old] = _importlib.import_module(f".{_new}", __name__)
 
 __version__ = "0.1.0"
-__all__ = ["AdapterError", "DLAResult", "FinalNorm", "LensModel", "LensResult", "LensStats", "LogitLens", "ProbeResult",
-           "ResidualCapture", "Residuals", "RidgeAccumulator", "Unembed", "capture_residuals", "dla", "load_model",
-           "probe"]
-__all__ += ["ConceptsResult", "concepts"]
+__all__ = ["AdapterError", "ConceptsResult", "DLAResult", "FinalNorm", "LensModel", "LensResult", "LensStats", "LogitLens",
+           "ProbeResult", "ResidualCapture", "Residuals", "RidgeAccumulator", "Unembed", "capture_residuals", "concepts",
+           "dla", "load_model", "probe"]
