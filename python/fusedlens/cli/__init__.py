@@ -6,7 +6,8 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("demo", "info", "run", "probe", "refine", "tuned", "dla", "patch", "patchscope")
+COMMANDS = ("demo", "info", "run", "probe", "refine", "tuned", "dla", "patch", "patchscope",
+            "steer")
 
 
 def build_parser() -> argparse.ArgumentParser:
