@@ -9,6 +9,7 @@ import torch
 from fusedlens import steer
 from fusedlens.cli.steer import KINDS as CLI_KINDS
 from fusedlens.core.models import LensModel
+from fusedlens.intervene import run_with
 from fusedlens.steer.vectors import DIRECTIONS_FORMAT, actadd_pair, check_site
 from tiny_models import ARCHS, tiny_model, tiny_tokenizer
 
@@ -136,3 +137,9 @@ def test_actadd_on_smollm2(real_lm):
     want = _hand_residual(real_lm, p, site).double() - _hand_residual(real_lm, m, site).double()
     assert torch.equal(v, want)
     assert real_lm.tokenizer.decode(p[-1:]) == " " and real_lm.tokenizer("Love")["input_ids"][0] == int(p[0])
+    ids = torch.tensor(real_lm.tokenizer("I hate you because")["input_ids"])[None]
+    with torch.no_grad():
+        base = real_lm.model(input_ids=ids, use_cache=False).logits
+    assert torch.equal(run_with(real_lm, [steer.steer_edit(real_lm, v, site, 0.0)], ids), base)
+    moved = run_with(real_lm, [steer.steer_edit(real_lm, v, site, 5.0)], ids)
+    assert float((moved - base).abs().max()) > 1.0

@@ -73,6 +73,7 @@ def main(args) -> int:
     from ..report.steer import format_generation, format_scan_table, write_scan_outputs
     from .. import steer
     from ..steer.scan import DEFAULT_PROMPTS
+    from ..steer.vectors import check_site
     from .patch import _positions
 
     cfg = from_args(SteerConfig, args)
@@ -90,9 +91,9 @@ def main(args) -> int:
     positions = _positions("positions", cfg.positions) if cfg.positions else None
     sites = parse_sites(cfg.scan_sites) if cfg.scan_sites else []
     check_output_dir("out", cfg.out)
+    corpus = "pydoc" if cfg.eval_corpus == "pydoc" or not sites else _read_corpus(cfg.eval_corpus)
+    coefs = parse_numbers("scan_coefs", cfg.scan_coefs)
     lm = cfg.load()
-    from ..steer.vectors import check_site
-
     for name, names in (("site", [cfg.site] if cfg.prompt is not None else []), ("scan_sites", sites),
                         ("read_site", [cfg.read_site] if cfg.read_site else [])):
         for site in names:
@@ -117,8 +118,7 @@ def main(args) -> int:
         print(format_generation(r))
         written.append(r.save(os.path.join(cfg.out, "steer.json")))
     if sites:
-        corpus = "pydoc" if cfg.eval_corpus == "pydoc" else _read_corpus(cfg.eval_corpus)
-        r = steer.scan(lm, vecs, sites, parse_numbers("scan_coefs", cfg.scan_coefs), corpus=corpus,
+        r = steer.scan(lm, vecs, sites, coefs, corpus=corpus,
                        eval_tokens=cfg.eval_tokens, seq_len=cfg.seq_len, read_site=cfg.read_site, positions=positions,
                        prompts=cfg.sample_prompts or DEFAULT_PROMPTS, n_tokens=cfg.sample_tokens,
                        sample=cfg.sample, seed=cfg.seed, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -129,7 +129,8 @@ def main(args) -> int:
                  f"{cfg.kind} from {os.path.basename(cfg.directions)}" if cfg.directions else
                  os.path.basename(cfg.vector_file))
         written += write_scan_outputs(r, cfg.out, title=f"steering scan: {title}")
-    write_json({"config": {k: v for k, v in vars(cfg).items()}}, os.path.join(cfg.out, "steer_config.json"))
+    written.append(os.path.join(cfg.out, "steer_config.json"))
+    write_json({"config": dict(vars(cfg))}, written[-1])
     print("wrote " + ", ".join(written))
     return 0
 
