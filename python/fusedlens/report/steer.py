@@ -78,7 +78,9 @@ def plot_scan(result, path: str, title: str = "") -> str:
         ax.set_title(t, fontsize=9)
         for i in range(S):
             for j in range(C):
-                ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize=7)
+                dark = abs(float(norm(data[i, j])) - 0.5) > 0.3  # white text on the saturated ends
+                ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(title or "steering scan", fontsize=10)
     fig.tight_layout()
