@@ -73,8 +73,9 @@ def _draw(logits: torch.Tensor, gen: torch.Generator, temperature: float, top_p:
     """One token per row [B, vocab], sampled in float64 from the tempered, nucleus-cut distribution."""
     p = torch.softmax(logits.double() / temperature, -1)
     sorted_p, order = p.sort(-1, descending=True)
-    keep = (sorted_p.cumsum(-1) - sorted_p) < top_p  # tokens before which the nucleus was not yet full
-    sorted_p = sorted_p * keep
+    if top_p < 1:  # (at 1 nothing is cut, whatever the rounding of the cumulative sum)
+        keep = (sorted_p.cumsum(-1) - sorted_p) < top_p  # tokens before which the nucleus was not yet full
+        sorted_p = sorted_p * keep
     pick = torch.multinomial(sorted_p, 1, generator=gen)
     return order.gather(-1, pick)[:, 0]
 
