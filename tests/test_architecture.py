@@ -1,6 +1,6 @@
 """The package tree is the architecture: imports go one way (docs/design.md, "Where things live").
 
-core ← data ← ops ← report ← lens, tuned, probe, refine, dla, directions, concepts ← intervene ← adapters, run ← cli: a module may import its
+core ← data ← ops ← report ← lens, tuned, probe, refine, dla, directions, concepts ← intervene, steer ← adapters, run ← cli: a module may import its
 own subpackage and the ones below it, never one above (a data module never imports the CLI),
 and the subpackages on one level form no cycle. The one exception is named in LAZY_UPWARD: an
 entry point a lower module reaches upward through inside a function, never at import time.
@@ -13,6 +13,7 @@ LEVEL = {"core": 0, "data": 1, "ops": 2, "report": 3,
          # the analyses
          "lens": 4, "tuned": 4, "probe": 4, "refine": 4, "dla": 4, "directions": 4, "concepts": 4,
          "intervene": 5,  # write hooks, patching (uses dla's component capture)
+         "steer": 5,  # activation addition on intervene's edits (one way)
          "adapters": 6, "run": 6,
          "cli": 7}
 # (module, subpackage above it) it may import inside a function: LensModel.from_transformer_lens.

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("demo", "info", "run", "probe", "refine", "tuned", "dla", "patch", "patchscope", "directions",
+COMMANDS = ("demo", "info", "run", "probe", "refine", "tuned", "dla", "patch", "patchscope", "directions", "steer",
             "concepts")
 
 

@@ -91,3 +91,16 @@ def from_args(cls: type, args: argparse.Namespace, **override):
             values[f.name] = v
     values.update(override)
     return cls(**values)
+
+
+def parse_positions(name: str, spec: str) -> list[int]:
+    """A command's list of token positions: "3", "1-4", "1,3,-1" (negative: from the end)."""
+    try:
+        out = []
+        for part in spec.split(","):
+            a, sep, b = part.strip()[1:].partition("-")
+            first = part.strip()[0] + a
+            out += list(range(int(first), int(b) + 1)) if sep else [int(first)]
+        return out
+    except (ValueError, IndexError):
+        raise ValueError(f"{name}: expected positions like 3, 1-4 or 1,3,-1; got {spec!r}") from None

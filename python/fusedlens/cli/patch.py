@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..core.checks import check_output_dir
 from ..core.config import ModelOptions, option, out_default
-from .config import add_arguments, from_args
+from .config import add_arguments, from_args, parse_positions
 
 HELP = "activation patching: restore a clean run's state into a corrupted run at every layer and position"
 
@@ -49,18 +49,6 @@ def main(args) -> int:
     return 0
 
 
-def _positions(name: str, spec: str) -> list[int]:
-    try:
-        out = []
-        for part in spec.split(","):
-            a, sep, b = part.strip()[1:].partition("-")
-            first = part.strip()[0] + a
-            out += list(range(int(first), int(b) + 1)) if sep else [int(first)]
-        return out
-    except (ValueError, IndexError):
-        raise ValueError(f"{name}: expected positions like 3, 1-4 or 1,3,-1; got {spec!r}") from None
-
-
 def _knockout(cfg: PatchConfig) -> int:
     import os
 
@@ -74,8 +62,8 @@ def _knockout(cfg: PatchConfig) -> int:
     check_output_dir("out", cfg.out)
     lm = cfg.load()
     r = knockout(lm, cfg.clean, cfg.answer, cfg.counterfactual, metric=cfg.metric,
-                 keys=_positions("knockout_keys", cfg.knockout_keys),
-                 queries=_positions("knockout_queries", cfg.knockout_queries), window=cfg.window,
+                 keys=parse_positions("knockout_keys", cfg.knockout_keys),
+                 queries=parse_positions("knockout_queries", cfg.knockout_queries), window=cfg.window,
                  batch_size=cfg.batch_size)
     print(f"{r.metric_name} without knockout {r.base:.4f}; edges {r.queries} -> {r.keys} cut per window:")
     for (lo, hi), v, d in zip(r.windows, r.metric.tolist(), r.drop.tolist()):

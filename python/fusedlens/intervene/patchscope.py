@@ -44,21 +44,40 @@ class PatchscopeResult:
 
 
 @torch.no_grad()
-def generate(lm: LensModel, ids: torch.Tensor, edits: list[Edit], n: int, *, at: str = "prompt") -> torch.Tensor:
-    """Greedy continuation [n] of ids [T] under `edits`, the whole sequence rerun each step (no KV cache).
+def generate(lm: LensModel, ids: torch.Tensor, edits: list[Edit], n: int, *, at: str = "prompt",
+             sample: torch.Generator | None = None, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+    """Continuation [n] of ids [T] under `edits`, the whole sequence rerun each step (no KV cache);
+    ids [B, T] (rows of equal length, e.g. one row per edit) give [B, n] in one forward per step.
 
     at: "prompt" applies each edit at its own positions (in the prompt) on every step; "new" applies it
-    at every generated position instead (the tokens after the prompt), whatever its positions say."""
+    at every generated position instead (the tokens after the prompt), whatever its positions say.
+    sample: None is greedy (argmax); a torch.Generator draws each token from softmax(logits / temperature)
+    cut to the top_p nucleus (the smallest set of most likely tokens whose probability reaches top_p)."""
     if at not in ("prompt", "new"):
         raise ValueError(f"at: expected 'prompt' or 'new', got {at!r}")
-    seq = ids.clone()
+    if sample is not None and not (temperature > 0 and 0 < top_p <= 1):
+        raise ValueError(f"temperature, top_p: expected temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    seq = ids[None] if ids.dim() == 1 else ids
+    prompt_len = seq.shape[1]
     for _ in range(n):
-        step = edits if at == "prompt" else [dataclasses.replace(e, positions=list(range(ids.numel(), seq.numel())))
-                                             for e in edits if seq.numel() > ids.numel()]
+        step = edits if at == "prompt" else [dataclasses.replace(e, positions=list(range(prompt_len, seq.shape[1])))
+                                             for e in edits if seq.shape[1] > prompt_len]
         with Intervention(lm, step):
-            logits = lm.model(input_ids=seq[None].to(lm.device), use_cache=False).logits[0, -1]
-        seq = torch.cat([seq, logits.argmax().reshape(1).cpu()])
-    return seq[ids.numel():]
+            logits = lm.model(input_ids=seq.to(lm.device), use_cache=False).logits[:, -1]
+        nxt = logits.argmax(-1) if sample is None else _draw(logits.cpu(), sample, temperature, top_p)
+        seq = torch.cat([seq, nxt.reshape(-1, 1).cpu()], 1)
+    return seq[:, prompt_len:] if ids.dim() == 2 else seq[0, prompt_len:]
+
+
+def _draw(logits: torch.Tensor, gen: torch.Generator, temperature: float, top_p: float) -> torch.Tensor:
+    """One token per row [B, vocab], sampled in float64 from the tempered, nucleus-cut distribution."""
+    p = torch.softmax(logits.double() / temperature, -1)
+    sorted_p, order = p.sort(-1, descending=True)
+    if top_p < 1:  # (at 1 nothing is cut, whatever the rounding of the cumulative sum)
+        keep = (sorted_p.cumsum(-1) - sorted_p) < top_p  # tokens before which the nucleus was not yet full
+        sorted_p = sorted_p * keep
+    pick = torch.multinomial(sorted_p, 1, generator=gen)
+    return order.gather(-1, pick)[:, 0]
 
 
 def _position(name: str, pos: int, length: int) -> int:
