@@ -143,7 +143,7 @@ LIBRARY_LEVELS = {"generic": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAP
                   "avx512bf16": {"MKL_ENABLE_INSTRUCTIONS": "AVX512", "ATEN_CPU_CAPABILITY": "avx512"}}
 
 
-def per_isa(tokens, vocab, rounds, out, threads=0):
+def per_isa(tokens, vocab, rounds, out, threads=0, peaks_path=None):
     """Fused vs the bare GEMM at every ISA level this CPU supports, each level in its own process
     with the libraries held to it; each figure also as a share of the measured FMA peak
     (bench/fma_peak.py) of the vector width that level uses."""
@@ -151,7 +151,7 @@ def per_isa(tokens, vocab, rounds, out, threads=0):
 
     from fusedlens.core.cpu import supported_isas
 
-    peaks_path = os.path.join(os.path.dirname(out), "fma_peak.json")
+    peaks_path = peaks_path or os.path.join(os.path.dirname(out), "fma_peak.json")
     peak_file = json.load(open(peaks_path)) if os.path.exists(peaks_path) else {"gflops_peak": {}, "machine": {}}
     peaks, peak_threads = peak_file["gflops_peak"], peak_file["machine"].get("torch_threads", 1)
     rows = []
@@ -188,6 +188,8 @@ def main():
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help="with --interleaved: which to time")
     ap.add_argument("--per-isa", type=int, default=0, metavar="ROUNDS", help="fused vs bare GEMM at every ISA "
                     "level of this CPU, each in its own process with MKL and ATen held to that level")
+    ap.add_argument("--peaks", default=None, help="with --per-isa: this machine's bench/fma_peak.py result "
+                    "(default: fma_peak.json beside --out)")
     ap.add_argument("--one", nargs=3, metavar=("VARIANT", "TOKENS", "VOCAB"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
@@ -197,7 +199,7 @@ def main():
         return
     if args.per_isa:
         out = args.out if args.out != ap.get_default("out") else args.out.replace("lens_cpu.json", "lens_cpu_per_isa.json")
-        per_isa(args.tokens, args.vocabs[0], args.per_isa, out, args.threads)
+        per_isa(args.tokens, args.vocabs[0], args.per_isa, out, args.threads, args.peaks)
         return
     if args.interleaved:
         rows = [interleaved(args.tokens, vocab, args.interleaved, args.isas, args.variants) for vocab in args.vocabs]
