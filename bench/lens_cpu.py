@@ -19,7 +19,7 @@ import torch
 from measure import peak_rss_kib, reset_peak_rss, write_result
 
 SITES, D_MODEL = 31, 576
-VARIANTS = ("bare_gemm", "fused_cpu", "fused_cpu_bf16", "naive_torch")
+VARIANTS = ("bare_gemm", "own_tile_gemm", "fused_cpu", "fused_cpu_bf16", "naive_torch")
 
 
 def make_inputs(tokens, vocab, seed=0):
@@ -61,13 +61,16 @@ def bare_gemm(xn, w):
 
 def run_variant(variant, tokens, vocab, repeats):
     from fusedlens import ops
+    from fusedlens.core.backends import _C
+    from fusedlens.ops.lens_stats import ROWS_PER_BLOCK
 
     hidden, norm, unembed, targets = make_inputs(tokens, vocab)
     unembed_bf16 = type(unembed)(unembed.weight.bfloat16()) if variant == "fused_cpu_bf16" else None
     fn = {"fused_cpu": lambda: ops.lens_stats(hidden, norm, unembed, targets, 5, backend="cpu"),
           "fused_cpu_bf16": lambda: ops.lens_stats(hidden, norm, unembed_bf16, targets, 5, backend="cpu"),
           "naive_torch": lambda: naive(hidden, norm, unembed, targets),
-          "bare_gemm": lambda: bare_gemm(norm(hidden), unembed.weight)}[variant]
+          "bare_gemm": lambda: bare_gemm(norm(hidden), unembed.weight),
+          "own_tile_gemm": lambda: _C.sweep_floor(norm(hidden), unembed.weight, max(8, ROWS_PER_BLOCK // SITES), 1024)}[variant]
     base = reset_peak_rss()
     times = []
     for _ in range(repeats):
@@ -105,7 +108,11 @@ def interleaved(tokens, vocab, rounds, isas=(), variants=VARIANTS):
         return call
 
     fused = lambda: ops.lens_stats(hidden, norm, unembed, targets, 5, backend="cpu")  # noqa: E731
-    fns = {"bare_gemm": lambda: bare_gemm(xn, unembed.weight), "fused_cpu": fused,
+    from fusedlens.ops.lens_stats import ROWS_PER_BLOCK
+
+    # our own tile GEMM alone: the sweep lens_stats runs, grouped as it is, with no epilogue
+    own = lambda: _C.sweep_floor(xn, unembed.weight, max(8, ROWS_PER_BLOCK // xn.shape[0]), 1024)  # noqa: E731
+    fns = {"bare_gemm": lambda: bare_gemm(xn, unembed.weight), "own_tile_gemm": own, "fused_cpu": fused,
            "fused_cpu_bf16": lambda: ops.lens_stats(hidden, norm, unembed_bf16, targets, 5, backend="cpu"),
            "naive_torch": lambda: naive(hidden, norm, unembed, targets)}
     fns = {name: fn for name, fn in fns.items() if name in variants}
@@ -122,6 +129,8 @@ def interleaved(tokens, vocab, rounds, isas=(), variants=VARIANTS):
     return {"vocab": vocab, "tokens": tokens, "sites": SITES, "isa": default, "seconds": best,
             "gflops": {name: 2 * SITES * tokens * D_MODEL * vocab / t / 1e9 for name, t in best.items()},
             "fused_over_gemm": ratio("fused_cpu", "bare_gemm"), "fused_over_gemm_by_isa": per_isa,
+            "fused_over_own_tile_gemm": ratio("fused_cpu", "own_tile_gemm"),
+            "own_tile_gemm_over_gemm": ratio("own_tile_gemm", "bare_gemm"),
             "naive_over_fused": ratio("naive_torch", "fused_cpu"),
             "bf16_over_fp32_fused": ratio("fused_cpu_bf16", "fused_cpu"), "load_average": os.getloadavg()}
 
@@ -134,7 +143,7 @@ LIBRARY_LEVELS = {"generic": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAP
                   "avx512bf16": {"MKL_ENABLE_INSTRUCTIONS": "AVX512", "ATEN_CPU_CAPABILITY": "avx512"}}
 
 
-def per_isa(tokens, vocab, rounds, out, threads=0):
+def per_isa(tokens, vocab, rounds, out, threads=0, peaks_path=None):
     """Fused vs the bare GEMM at every ISA level this CPU supports, each level in its own process
     with the libraries held to it; each figure also as a share of the measured FMA peak
     (bench/fma_peak.py) of the vector width that level uses."""
@@ -142,7 +151,7 @@ def per_isa(tokens, vocab, rounds, out, threads=0):
 
     from fusedlens.core.cpu import supported_isas
 
-    peaks_path = os.path.join(os.path.dirname(out), "fma_peak.json")
+    peaks_path = peaks_path or os.path.join(os.path.dirname(out), "fma_peak.json")
     peak_file = json.load(open(peaks_path)) if os.path.exists(peaks_path) else {"gflops_peak": {}, "machine": {}}
     peaks, peak_threads = peak_file["gflops_peak"], peak_file["machine"].get("torch_threads", 1)
     rows = []
@@ -150,7 +159,7 @@ def per_isa(tokens, vocab, rounds, out, threads=0):
         with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
             env = {**os.environ, "FUSEDLENS_ISA": isa, **LIBRARY_LEVELS[isa]}
             subprocess.run([sys.executable, __file__, "--interleaved", str(rounds), "--tokens", str(tokens),
-                            "--vocabs", str(vocab), "--variants", "bare_gemm", "fused_cpu", "--out", tmp.name,
+                            "--vocabs", str(vocab), "--variants", "bare_gemm", "own_tile_gemm", "fused_cpu", "--out", tmp.name,
                             "--threads", str(threads)],
                            env=env, check=True, capture_output=True)
             row = json.load(open(tmp.name))["rows"][0]
@@ -159,7 +168,8 @@ def per_isa(tokens, vocab, rounds, out, threads=0):
             peak *= (threads or torch.get_num_threads()) / peak_threads
         row.update(library_env=LIBRARY_LEVELS[isa], threads=threads or torch.get_num_threads(), fma_peak_gflops=peak,
                    share_of_peak={k: v / peak for k, v in row["gflops"].items()} if peak else None)
-        print(isa, {k: row[k] for k in ("seconds", "fused_over_gemm", "share_of_peak")}, flush=True)
+        print(isa, {k: row[k] for k in ("seconds", "fused_over_gemm", "fused_over_own_tile_gemm", "share_of_peak")},
+              flush=True)
         rows.append(row)
     write_result({"machine": machine(), "mode": "per_isa", "rows": rows}, out)
 
@@ -178,6 +188,8 @@ def main():
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help="with --interleaved: which to time")
     ap.add_argument("--per-isa", type=int, default=0, metavar="ROUNDS", help="fused vs bare GEMM at every ISA "
                     "level of this CPU, each in its own process with MKL and ATen held to that level")
+    ap.add_argument("--peaks", default=None, help="with --per-isa: this machine's bench/fma_peak.py result "
+                    "(default: fma_peak.json beside --out)")
     ap.add_argument("--one", nargs=3, metavar=("VARIANT", "TOKENS", "VOCAB"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
@@ -187,7 +199,7 @@ def main():
         return
     if args.per_isa:
         out = args.out if args.out != ap.get_default("out") else args.out.replace("lens_cpu.json", "lens_cpu_per_isa.json")
-        per_isa(args.tokens, args.vocabs[0], args.per_isa, out, args.threads)
+        per_isa(args.tokens, args.vocabs[0], args.per_isa, out, args.threads, args.peaks)
         return
     if args.interleaved:
         rows = [interleaved(args.tokens, vocab, args.interleaved, args.isas, args.variants) for vocab in args.vocabs]

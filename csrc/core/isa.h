@@ -44,9 +44,10 @@ struct VecKernels {
                     float* top, float* e_out);
   // The positions i in [0, width) with z[i] > threshold, ascending, into idx; returns how many.
   int64_t (*above)(const float* z, int64_t width, float threshold, int32_t* idx);
-  // out[j] += Σ e[i] over the i with set_id[i] == j, for j < n_sets (set_id -1: none; a block
-  // of positions in no set costs one compare); e from tile_sums' e_out.
-  void (*set_sums)(const float* e, int64_t width, const int8_t* set_id, int n_sets, float* out);
+  // out[j] += Σ e[i] over the i with set_id[i] == j, for j < n_sets (set_id -1: none); e from
+  // tile_sums' e_out. onehot: the same membership as rows of set_lanes(n_sets) floats, 1 in
+  // column set_id[i] and 0 elsewhere (the kernels that take each exp times its row use it).
+  void (*set_sums)(const float* e, int64_t width, const int8_t* set_id, const float* onehot, int n_sets, float* out);
 };
 
 const VecKernels& vec_kernels();  // of the active ISA

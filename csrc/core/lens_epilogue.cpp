@@ -99,7 +99,8 @@ static void rescale(RowState& st, float top) {
 }
 
 void fold_tile(RowState& st, const RowQuery& q, const float* z, int64_t v0, int64_t width,
-               const float* p_final, const float* z_final, const int8_t* set_id, int n_sets) {
+               const float* p_final, const float* z_final, const int8_t* set_id, int n_sets,
+               const float* set_onehot) {
   if (st.m == -std::numeric_limits<float>::infinity()) st.m = tile_max(z, width);
   float s, u, kl, tmax;
   int64_t above_t, above_f;
@@ -114,7 +115,7 @@ void fold_tile(RowState& st, const RowQuery& q, const float* z, int64_t v0, int6
     vk.tile_sums(z, width, st.m, q.target_logit, q.final_top1_logit, p_final, z_final, &s, &u, &kl, &above_t,
                  &above_f, &tmax, e_out);
   }
-  if (n_sets > 0) vk.set_sums(e_out, width, set_id, n_sets, st.set_s);  // against the same shift as s
+  if (n_sets > 0) vk.set_sums(e_out, width, set_id, set_onehot, n_sets, st.set_s);  // against the same shift as s
   st.s += s;
   st.u += u;
   st.kl += kl;

@@ -19,6 +19,8 @@ std::vector<torch::Tensor> lens_kl(const torch::Tensor& xn, const torch::Tensor&
                                    const c10::optional<torch::Tensor>& bias, double softcap, bool with_grad,
                                    int64_t token_block, int64_t vocab_tile, bool bf16);
 
+void sweep_floor(const torch::Tensor& xn, const torch::Tensor& w, int64_t token_block, int64_t vocab_tile);
+
 namespace {
 
 torch::Tensor gather_dot(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& ids,
@@ -76,6 +78,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "fused logit-lens statistics of xn [S, T, d] (site S-1 final) against w [V, d]; see ops.lens_stats",
         py::arg("xn"), py::arg("w"), py::arg("bias"), py::arg("softcap"), py::arg("targets"), py::arg("k"),
         py::arg("token_block") = 8, py::arg("vocab_tile") = 1024, py::arg("token_sets") = py::none());
+  m.def("sweep_floor", &sweep_floor,
+        "lens_stats' tile sweep of xn [S, T, d] against w [V, d] with no epilogue (the floor of our own tile "
+        "GEMM, for benchmarks)", py::arg("xn"), py::arg("w"), py::arg("token_block") = 8, py::arg("vocab_tile") = 1024);
   m.def("logit_extremes", &logit_extremes,
         "the k largest and k smallest logits rows [R, d] . w[v] over the whole vocabulary of w [V, d] (top: "
         "descending, bottom: ascending, equal logits by ascending id); returns top_ids, top_logits, bottom_ids, "

@@ -30,6 +30,7 @@ struct Sweep {
   float cap;               // <= 0: none
   const int8_t* set_id;    // [V] token-set ids (-1: none), or null
   int n_sets;
+  const float* set_onehot;  // [V, set_lanes(n_sets)] the same membership, one-hot rows (isa.h, set_sums)
   bool bf16() const { return tiles.bf16(); }
 };
 
@@ -62,7 +63,8 @@ void sweep(const Sweep& sw, std::vector<Group>& groups) {
       for (int64_t s = 0; s < g.sites; ++s) {
         const int64_t r = s * g.tokens + j;
         fusedlens::fold_tile(g.st[r], g.q[r], tile + r * ld, v0, width, g.lse_final ? pf.data() : nullptr, zf,
-                             sw.set_id ? sw.set_id + v0 : nullptr, sw.n_sets);
+                             sw.set_id ? sw.set_id + v0 : nullptr, sw.n_sets,
+                             sw.set_onehot ? sw.set_onehot + v0 * fusedlens::set_lanes(sw.n_sets) : nullptr);
       }
     }
   });
@@ -125,8 +127,16 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
     TORCH_CHECK(lo >= -1 && hi < fusedlens::kMaxSets, "lens_stats: token set ids must be in [-1, 16)");
     n_sets = static_cast<int>(hi + 1);
   }
+  fusedlens::AlignedVector<float> onehot;  // [V, lanes]: 1 at a member's set, 0 elsewhere (V x 64 bytes at most)
+  if (n_sets > 0) {
+    const int lanes = fusedlens::set_lanes(n_sets);
+    onehot.assign(w.size(0) * lanes, 0.f);
+    const int8_t* id = sets.data_ptr<int8_t>();
+    for (int64_t v = 0; v < w.size(0); ++v)
+      if (id[v] >= 0) onehot[v * lanes + id[v]] = 1.f;
+  }
   const Sweep sw{{w, fusedlens::sweep_vocab_tile(w, vocab_tile)}, bias.defined() ? bias.data_ptr<float>() : nullptr,
-                 cap, sets.defined() ? sets.data_ptr<int8_t>() : nullptr, n_sets};
+                 cap, sets.defined() ? sets.data_ptr<int8_t>() : nullptr, n_sets, n_sets > 0 ? onehot.data() : nullptr};
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const int64_t* tgt = targets.data_ptr<int64_t>();
 
@@ -148,7 +158,7 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
       groups.push_back(Group{final_rows.narrow(0, t0, m), 1, m, st.data() + t0, q.data() + t0, nullptr, nullptr});
     }
     Sweep final_only = sw;
-    final_only.set_id = nullptr, final_only.n_sets = 0;
+    final_only.set_id = nullptr, final_only.n_sets = 0, final_only.set_onehot = nullptr;
     sweep(final_only, groups);
     for (int64_t t = 0; t < T; ++t) {
       lse_final[t] = st[t].lse();
@@ -219,4 +229,23 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
     }
   });
   return {lse, entropy, topk_ids, topk_logits, target_logit, target_rank, kl, final_rank, set_mass};
+}
+
+// The same sweep with no epilogue: every tile of logits of xn [S, T, d] against w [V, d] computed
+// (groups of token_block tokens of all sites, as lens_stats' second phase has them) and dropped.
+// The floor of our own tile GEMM, for the benchmarks (bench/lens_cpu.py: own_tile_gemm).
+void sweep_floor(const torch::Tensor& xn_in, const torch::Tensor& w_in, int64_t token_block, int64_t vocab_tile) {
+  TORCH_CHECK(xn_in.dim() == 3 && w_in.dim() == 2 && xn_in.size(2) == w_in.size(1), "sweep_floor: bad shapes");
+  TORCH_CHECK(xn_in.scalar_type() == torch::kFloat32 && w_in.scalar_type() == torch::kFloat32,
+              "sweep_floor: float32 expected");
+  TORCH_CHECK(token_block >= 1 && vocab_tile >= 1, "sweep_floor: token_block and vocab_tile must be positive");
+  const auto xn = xn_in.contiguous(), w = w_in.contiguous();
+  const int64_t S = xn.size(0), T = xn.size(1);
+  const fusedlens::TileWeights tiles{w, fusedlens::sweep_vocab_tile(w, vocab_tile)};
+  std::vector<fusedlens::TileGroup> groups;
+  for (int64_t t0 = 0; t0 < T; t0 += token_block) {
+    const int64_t m = std::min(token_block, T - t0);
+    groups.push_back(fusedlens::TileGroup{xn.narrow(1, t0, m), {}, {}, S * m});
+  }
+  fusedlens::sweep_tiles(tiles, groups, [](int64_t, float*, int64_t, int64_t, int64_t) {});
 }

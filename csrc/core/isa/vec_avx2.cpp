@@ -2,10 +2,10 @@
 // AVX-512 such as AMD Zen 3: the same arithmetic as the AVX-512 table.
 #include "target_avx2.h"
 
+#include <cstring>
 #include <limits>
 
 #include "../isa.h"
-#include "count_dispatch.h"
 #include "exp_poly.h"
 
 namespace fusedlens {
@@ -55,11 +55,20 @@ float tile_max(const float* z, int64_t width) {
   return hmax(_mm256_max_ps(a, b));
 }
 
+// Full vectors with plain loads and stores, the tile's tail (if any) with masked ones: a masked
+// store is microcoded on AMD Zen 2/3 (one per ~12 cycles), and storing every exp through one
+// cost the token-set sweep more than its sums. The arithmetic per lane is the same either way.
 float exp_shifted(const float* z, float shift, float* p, int64_t width) {
   __m256 total = _mm256_setzero_ps();
   const __m256 l = _mm256_set1_ps(shift);
-  for (int64_t i = 0; i < width; i += 8) {
-    const __m256i k = width - i >= 8 ? _mm256_set1_epi32(-1) : tail_mask(width - i);
+  int64_t i = 0;
+  for (; i + 8 <= width; i += 8) {
+    const __m256 e = exp_nonpos8(_mm256_sub_ps(_mm256_loadu_ps(z + i), l));
+    _mm256_storeu_ps(p + i, e);
+    total = _mm256_add_ps(total, e);
+  }
+  if (i < width) {
+    const __m256i k = tail_mask(width - i);
     const __m256 e = _mm256_and_ps(exp_nonpos8(_mm256_sub_ps(_mm256_maskload_ps(z + i, k), l)), _mm256_castsi256_ps(k));
     _mm256_maskstore_ps(p + i, k, e);
     total = _mm256_add_ps(total, e);
@@ -67,67 +76,108 @@ float exp_shifted(const float* z, float shift, float* p, int64_t width) {
   return hsum(total);
 }
 
+// The running sums of tile_sums, one vector of lanes each.
+struct SumsAcc {
+  __m256 s, u, kl, top;
+  __m256i ct, cf;  // minus the all-ones compare masks: counts per lane
+};
+
+// One vector of tile_sums; Tail: only the lanes of ki are in the tile.
+template <bool Tail>
+inline void sums_step(SumsAcc& a, const float* z, const float* p_final, const float* z_final, __m256 mv, __m256 tv,
+                      __m256 fv, float* e_out, __m256i ki) {
+  const __m256 k = _mm256_castsi256_ps(ki);
+  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m256 zi = Tail ? _mm256_maskload_ps(z, ki) : _mm256_loadu_ps(z);
+  a.top = _mm256_max_ps(a.top, Tail ? _mm256_blendv_ps(ninf, zi, k) : zi);
+  const __m256 d = _mm256_sub_ps(zi, mv);
+  __m256 e = exp_nonpos8(d);
+  if (Tail) e = _mm256_and_ps(e, k);
+  if (e_out) {
+    if (Tail) _mm256_maskstore_ps(e_out, ki, e);
+    else _mm256_storeu_ps(e_out, e);
+  }
+  a.s = _mm256_add_ps(a.s, e);
+  a.u = _mm256_fmadd_ps(e, d, a.u);
+  if (p_final) {
+    const __m256 zf = Tail ? _mm256_maskload_ps(z_final, ki) : _mm256_loadu_ps(z_final);
+    const __m256 pf = Tail ? _mm256_maskload_ps(p_final, ki) : _mm256_loadu_ps(p_final);
+    a.kl = _mm256_fmadd_ps(pf, _mm256_sub_ps(zf, zi), a.kl);
+  }
+  __m256 gt = _mm256_cmp_ps(zi, tv, _CMP_GT_OQ), gf = _mm256_cmp_ps(zi, fv, _CMP_GT_OQ);
+  if (Tail) gt = _mm256_and_ps(gt, k), gf = _mm256_and_ps(gf, k);
+  a.ct = _mm256_sub_epi32(a.ct, _mm256_castps_si256(gt));
+  a.cf = _mm256_sub_epi32(a.cf, _mm256_castps_si256(gf));
+}
+
 void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const float* p_final, const float* z_final,
                float* s_out, float* u_out, float* kl_out, int64_t* above_t, int64_t* above_f, float* top_out,
                float* e_out) {
-  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  __m256 s = _mm256_setzero_ps(), u = s, kl = s, top = ninf;
+  SumsAcc a{_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+            _mm256_set1_ps(-std::numeric_limits<float>::infinity()), _mm256_setzero_si256(), _mm256_setzero_si256()};
   const __m256 mv = _mm256_set1_ps(m), tv = _mm256_set1_ps(zt), fv = _mm256_set1_ps(zf);
-  __m256i ct = _mm256_setzero_si256(), cf = ct;  // minus the all-ones compare masks: counts per lane
-  for (int64_t i = 0; i < width; i += 8) {
-    const __m256i ki = width - i >= 8 ? _mm256_set1_epi32(-1) : tail_mask(width - i);
-    const __m256 k = _mm256_castsi256_ps(ki);
-    const __m256 zi = _mm256_maskload_ps(z + i, ki);
-    top = _mm256_max_ps(top, _mm256_blendv_ps(ninf, zi, k));
-    const __m256 d = _mm256_sub_ps(zi, mv);
-    const __m256 e = _mm256_and_ps(exp_nonpos8(d), k);
-    if (e_out) _mm256_maskstore_ps(e_out + i, ki, e);
-    s = _mm256_add_ps(s, e);
-    u = _mm256_fmadd_ps(e, d, u);
-    if (p_final) {
-      const __m256 gap = _mm256_sub_ps(_mm256_maskload_ps(z_final + i, ki), zi);
-      kl = _mm256_fmadd_ps(_mm256_maskload_ps(p_final + i, ki), gap, kl);
-    }
-    ct = _mm256_sub_epi32(ct, _mm256_castps_si256(_mm256_and_ps(_mm256_cmp_ps(zi, tv, _CMP_GT_OQ), k)));
-    cf = _mm256_sub_epi32(cf, _mm256_castps_si256(_mm256_and_ps(_mm256_cmp_ps(zi, fv, _CMP_GT_OQ), k)));
+  const __m256i all = _mm256_set1_epi32(-1);
+  const int64_t full = width / 8 * 8;
+  if (p_final) {  // two loops, so the common one (no KL) carries no branch
+    for (int64_t i = 0; i < full; i += 8)
+      sums_step<false>(a, z + i, p_final + i, z_final + i, mv, tv, fv, e_out ? e_out + i : nullptr, all);
+  } else {
+    for (int64_t i = 0; i < full; i += 8)
+      sums_step<false>(a, z + i, nullptr, nullptr, mv, tv, fv, e_out ? e_out + i : nullptr, all);
   }
-  *s_out = hsum(s), *u_out = hsum(u), *kl_out = hsum(kl), *top_out = hmax(top);
+  if (full < width)
+    sums_step<true>(a, z + full, p_final ? p_final + full : nullptr, z_final ? z_final + full : nullptr, mv, tv, fv,
+                    e_out ? e_out + full : nullptr, tail_mask(width - full));
+  *s_out = hsum(a.s), *u_out = hsum(a.u), *kl_out = hsum(a.kl), *top_out = hmax(a.top);
   alignas(32) int32_t c[16];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(c), ct);
-  _mm256_store_si256(reinterpret_cast<__m256i*>(c + 8), cf);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(c), a.ct);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(c + 8), a.cf);
   *above_t = int64_t{c[0]} + c[1] + c[2] + c[3] + c[4] + c[5] + c[6] + c[7];
   *above_f = int64_t{c[8]} + c[9] + c[10] + c[11] + c[12] + c[13] + c[14] + c[15];
 }
 
-// 8 at a time: a block with no member costs a load and a test; otherwise, per set, a compare
-// and a masked add of the exps tile_sums stored. N is the number of sets, a compile-time constant so that the
-// accumulators stay in registers.
-template <int N>
-void set_sums_n(const float* ev, int64_t width, const int8_t* set_id, float* out) {
-  __m256 acc[N];
-  for (int j = 0; j < N; ++j) acc[j] = _mm256_setzero_ps();
-  const __m256i none = _mm256_set1_epi32(-1);
-  for (int64_t i = 0; i < width; i += 8) {
-    __m256i ids;
-    if (width - i >= 8) {
-      ids = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(set_id + i)));
-    } else {
-      alignas(32) int32_t tail[8];
-      for (int c = 0; c < 8; ++c) tail[c] = i + c < width ? set_id[i + c] : -1;
-      ids = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
+// Each exp times its token's one-hot row (L = 8 or 16 floats: a lane per set), added into eight
+// (L = 8) or four (L = 16) accumulators in turn: a broadcast, one or two loads and FMAs per
+// position whatever the sets (a compare and a masked add per set and vector, as the AVX-512
+// kernel does, cost more than the rest of the epilogue with 8 sets on Zen 3). e * 1 and e * 0
+// are exact, so each set's sum is a plain sum of its members' exps.
+template <int L>
+void set_sums_onehot(const float* e, int64_t width, const int8_t* set_id, const float* onehot, int n_sets, float* out) {
+  constexpr int kAcc = L == 8 ? 8 : 4, kHalves = L / 8;
+  __m256 acc[kAcc][kHalves];
+  for (auto& a : acc)
+    for (auto& h : a) h = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + kAcc <= width; i += kAcc) {
+    uint32_t none;  // kAcc ids of -1: no member here (the common case with a few sparse sets)
+    std::memcpy(&none, set_id + i, 4);
+    if (none == ~0u && (kAcc == 4 || (std::memcpy(&none, set_id + i + 4, 4), none == ~0u))) continue;
+#pragma GCC unroll 8
+    for (int c = 0; c < kAcc; ++c) {
+      const __m256 b = _mm256_broadcast_ss(e + i + c);
+      for (int h = 0; h < kHalves; ++h)
+        acc[c][h] = _mm256_fmadd_ps(b, _mm256_load_ps(onehot + (i + c) * L + 8 * h), acc[c][h]);
     }
-    if (_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(ids, none))) == 0) continue;
-    const __m256i ki = width - i >= 8 ? _mm256_set1_epi32(-1) : tail_mask(width - i);
-    const __m256 e = _mm256_maskload_ps(ev + i, ki);
-#pragma GCC unroll 16
-    for (int j = 0; j < N; ++j)
-      acc[j] = _mm256_add_ps(acc[j], _mm256_and_ps(e, _mm256_castsi256_ps(_mm256_cmpeq_epi32(ids, _mm256_set1_epi32(j)))));
   }
-  for (int j = 0; j < N; ++j) out[j] += hsum(acc[j]);
+  for (; i < width; ++i) {  // into the first accumulator: an index known only at run time would keep them in memory
+    const __m256 b = _mm256_broadcast_ss(e + i);
+    for (int h = 0; h < kHalves; ++h)
+      acc[0][h] = _mm256_fmadd_ps(b, _mm256_load_ps(onehot + i * L + 8 * h), acc[0][h]);
+  }
+  for (int h = 0; h < kHalves; ++h) {
+    __m256 t = acc[0][h];
+    for (int c = 1; c < kAcc; ++c) t = _mm256_add_ps(t, acc[c][h]);
+    alignas(32) float lane[8];
+    _mm256_store_ps(lane, t);
+    for (int j = 0; j < 8 && 8 * h + j < n_sets; ++j) out[8 * h + j] += lane[j];
+  }
 }
 
-void set_sums(const float* e, int64_t width, const int8_t* set_id, int n_sets, float* out) {
-  with_count_16(n_sets, [&](auto n) { set_sums_n<decltype(n)::value>(e, width, set_id, out); });
+void set_sums(const float* e, int64_t width, const int8_t* set_id, const float* onehot, int n_sets, float* out) {
+  if (n_sets <= 8)
+    set_sums_onehot<8>(e, width, set_id, onehot, n_sets, out);
+  else
+    set_sums_onehot<16>(e, width, set_id, onehot, n_sets, out);
 }
 
 // 8 at a time; only a block with a position above the threshold is looked at closer.

@@ -53,7 +53,7 @@ void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const
   *s_out = s, *u_out = u, *kl_out = kl, *above_t = ct, *above_f = cf, *top_out = top;
 }
 
-void set_sums(const float* e, int64_t width, const int8_t* set_id, int n_sets, float* out) {
+void set_sums(const float* e, int64_t width, const int8_t* set_id, const float*, int n_sets, float* out) {
   for (int64_t i = 0; i < width; ++i)
     if (set_id[i] >= 0 && set_id[i] < n_sets) out[set_id[i]] += e[i];
 }
