@@ -240,6 +240,30 @@ def ridge_section(torch, clock, device, dry):
     return run
 
 
+def use_checkout_if_not_installed() -> None:
+    """fusedlens as installed (make install, CI), else this checkout's python/ with its Triton kernels
+    from kernels/ as fusedlens.kernels, where the wheel puts them (a bare copy of the repository on a
+    GPU machine has no other way to them)."""
+    try:
+        import fusedlens.kernels  # noqa: F401
+        return
+    except ImportError:
+        pass
+    for name in [m for m in sys.modules if m == "fusedlens" or m.startswith("fusedlens.")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(ROOT / "python"))
+    import importlib.util
+
+    import fusedlens
+
+    spec = importlib.util.spec_from_file_location("fusedlens.kernels", ROOT / "kernels" / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT / "kernels")])
+    kernels = importlib.util.module_from_spec(spec)
+    sys.modules["fusedlens.kernels"] = kernels
+    spec.loader.exec_module(kernels)
+    fusedlens.kernels = kernels
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dry", action="store_true", help="CPU under TRITON_INTERPRET=1 at tiny sizes (the same code path)")
@@ -253,7 +277,8 @@ def main(argv=None) -> int:
     if args.dry:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is first imported
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(HERE)]  # tests/conftest.py, not bench's
+    sys.path[:0] = [str(ROOT / "tests"), str(HERE)]  # tests/conftest.py, not bench's
+    use_checkout_if_not_installed()
     import torch
 
     if not args.dry and not torch.cuda.is_available():
