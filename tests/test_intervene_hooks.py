@@ -35,7 +35,8 @@ def test_identities_and_causality(arch):
     # a run patched into itself: every residual replaced by its own value
     res = capture_residuals(lm, ids[:1], embed=True)
     edits = [Edit(site, "replace", h.reshape(1, 6, -1)) for site, h in zip(res.sites, res.hidden)]
-    assert torch.equal(run_with(lm, edits, ids[:1]), base[:1])
+    # against the same one-row run: a batch of two may take another GEMM kernel (other rounding)
+    assert torch.equal(run_with(lm, edits, ids[:1]), _logits(lm, ids[:1]))
 
 
 def _hand_hook(lm, site, value, row, pos):
