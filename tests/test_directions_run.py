@@ -58,7 +58,8 @@ def reference(lm, records, position, heldout, lam, sites):
     tr = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1)
     spread = (tr > 0)[:, None]  # none (SmolLM2's embedding of the final "."): no direction at all
     ridge = torch.where(spread, lam * tr[:, None] / d, 1.0)[..., None] * torch.eye(d, dtype=torch.float64)
-    lda = torch.linalg.solve(cov + ridge, (mp - mn)[..., None])[..., 0] * spread
+    # cov + ridge is symmetric positive definite: a Cholesky solve (LU's batched solve raised bad pivots here)
+    lda = torch.cholesky_solve((mp - mn)[..., None], torch.linalg.cholesky(cov + ridge))[..., 0] * spread
     held_rows = [(captured_rows(lm, items[i][0], sites), captured_rows(lm, items[i][1], sites)) for i in held]
     return dict(mean_pos=mp, mean_neg=mn, moment=D.mT @ D, mean_diff=torch.nn.functional.normalize(mp - mn, dim=-1),
                 lda=torch.nn.functional.normalize(lda, dim=-1), held=held_rows)
