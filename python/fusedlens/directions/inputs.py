@@ -20,7 +20,7 @@ import torch
 
 from ..data.prompts import read_jsonl
 from ..data.windows import tokenize
-from ..probe.user_targets import _token_offsets
+from ..probe.user_targets import token_offsets
 
 POSITIONS = ("last", "all", "span")
 
@@ -57,7 +57,7 @@ def _item(tokenizer, rec, where: str, position: str) -> Item:
                 and 0 <= span[0] < span[1] <= len(text)):
             raise ValueError(f"{where}: position 'span' needs \"span\": [start, end) within the text's "
                              f"{len(text)} characters, got {span!r}")
-        ids, offsets = _token_offsets(tokenizer, text, where)
+        ids, offsets = token_offsets(tokenizer, text, where)
         select = torch.tensor([s < span[1] and e > span[0] for s, e in offsets], dtype=torch.bool)
         if not bool(select.any()):
             raise ValueError(f"{where}: span [{span[0]}, {span[1]}) covers no token")

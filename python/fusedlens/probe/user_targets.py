@@ -89,7 +89,7 @@ class _Builder:
         return TargetFile(self.sequences, values, classes, self.source)
 
 
-def _token_offsets(tokenizer, text: str, where: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+def token_offsets(tokenizer, text: str, where: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     try:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     except (NotImplementedError, TypeError, ValueError) as e:
@@ -109,7 +109,7 @@ def _read_jsonl_line(builder: _Builder, tokenizer, line: str, where: str) -> Non
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected text, targets, spans, label")
     spans = obj.get("spans") or []
     if spans:
-        ids, offsets = _token_offsets(tokenizer, obj["text"], where)
+        ids, offsets = token_offsets(tokenizer, obj["text"], where)
     else:
         ids, offsets = tokenize(tokenizer, obj["text"]), None
     n = int(ids.numel())
