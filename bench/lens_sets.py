@@ -49,13 +49,15 @@ def main():
     best, rounds = {}, []
     for r in range(args.rounds):
         times = {}
-        for name, fn in variants.items():
+        # every other round in reverse order: a host whose speed drifts steadily then favours no variant
+        for name in list(variants)[::1 if r % 2 == 0 else -1]:
+            fn = variants[name]
             t0 = time.perf_counter()
             fn()
             times[name] = time.perf_counter() - t0
             best[name] = min(best.get(name, float("inf")), times[name])
         rounds.append(times)
-        print(f"round {r}: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()), flush=True)
+        print(f"round {r}: " + ", ".join(f"{k} {times[k]:.2f} s" for k in variants), flush=True)
     ratios = {k: v / best["no_sets"] for k, v in best.items()}
     over_gemm = {k: v / best["bare_gemm"] for k, v in best.items()}
     # A shared host's speed drifts over minutes: each round's own ratio to the run without sets (taken
@@ -68,7 +70,6 @@ def main():
                   "threads": torch.get_num_threads(), "seconds": best, "over_no_sets": ratios,
                   "over_no_sets_median_of_rounds": paired, "over_bare_gemm": over_gemm, "per_round_seconds": rounds,
                   "load_average": list(os.getloadavg())}, args.out)
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

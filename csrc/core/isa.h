@@ -31,6 +31,19 @@ bool isa_forced();
 // FUSEDLENS_ISA names a level this CPU lacks (or no level at all): tests skip (exit 77).
 bool forced_isa_unavailable();
 
+// Token sets as a tile sees them: id[i] of token v0 + i (int8, -1 = in no set), and one of two
+// more forms of the same membership: for dense sets, set-major columns member[j * stride + i]
+// = 1 if id[i] == j else 0 (the kernels that multiply each exp by it use them); for sparse ones,
+// the ids of the tile's members, ascending: listed[0, n_listed). n = 0: no sets.
+struct TileSets {
+  const int8_t* id = nullptr;
+  const float* member = nullptr;
+  int64_t stride = 0;
+  const int32_t* listed = nullptr;
+  int64_t n_listed = 0;
+  int n = 0;
+};
+
 // The vector pieces of the lens epilogue and the online softmax, one table per ISA.
 struct VecKernels {
   float (*tile_max)(const float* z, int64_t width);
@@ -44,10 +57,8 @@ struct VecKernels {
                     float* top, float* e_out);
   // The positions i in [0, width) with z[i] > threshold, ascending, into idx; returns how many.
   int64_t (*above)(const float* z, int64_t width, float threshold, int32_t* idx);
-  // out[j] += Σ e[i] over the i with set_id[i] == j, for j < n_sets (set_id -1: none); e from
-  // tile_sums' e_out. onehot: the same membership as rows of set_lanes(n_sets) floats, 1 in
-  // column set_id[i] and 0 elsewhere (the kernels that take each exp times its row use it).
-  void (*set_sums)(const float* e, int64_t width, const int8_t* set_id, const float* onehot, int n_sets, float* out);
+  // out[j] += Σ e[i] over the i with sets.id[i] == j, for j < sets.n; e from tile_sums' e_out.
+  void (*set_sums)(const float* e, int64_t width, const TileSets& sets, float* out);
 };
 
 const VecKernels& vec_kernels();  // of the active ISA

@@ -99,15 +99,14 @@ static void rescale(RowState& st, float top) {
 }
 
 void fold_tile(RowState& st, const RowQuery& q, const float* z, int64_t v0, int64_t width,
-               const float* p_final, const float* z_final, const int8_t* set_id, int n_sets,
-               const float* set_onehot) {
+               const float* p_final, const float* z_final, const TileSets& sets) {
   if (st.m == -std::numeric_limits<float>::infinity()) st.m = tile_max(z, width);
   float s, u, kl, tmax;
   int64_t above_t, above_f;
   const auto& vk = vec_kernels();
   thread_local std::vector<float> e;  // the tile row's exps, for the token-set sums
-  if (n_sets > 0 && static_cast<int64_t>(e.size()) < width) e.resize(width);
-  float* e_out = n_sets > 0 ? e.data() : nullptr;
+  if (sets.n > 0 && static_cast<int64_t>(e.size()) < width) e.resize(width);
+  float* e_out = sets.n > 0 ? e.data() : nullptr;
   vk.tile_sums(z, width, st.m, q.target_logit, q.final_top1_logit, p_final, z_final, &s, &u, &kl, &above_t, &above_f,
                &tmax, e_out);
   if (tmax > st.m + kExcess) {
@@ -115,7 +114,14 @@ void fold_tile(RowState& st, const RowQuery& q, const float* z, int64_t v0, int6
     vk.tile_sums(z, width, st.m, q.target_logit, q.final_top1_logit, p_final, z_final, &s, &u, &kl, &above_t,
                  &above_f, &tmax, e_out);
   }
-  if (n_sets > 0) vk.set_sums(e_out, width, set_id, set_onehot, n_sets, st.set_s);  // against the same shift as s
+  if (sets.listed) {  // sparse sets: their members one by one (a vector kernel would test every block)
+    for (int64_t k = 0; k < sets.n_listed; ++k) {
+      const int64_t i = sets.listed[k] - v0;
+      st.set_s[sets.id[i]] += e_out[i];  // against the same shift as s
+    }
+  } else if (sets.n > 0) {
+    vk.set_sums(e_out, width, sets, st.set_s);
+  }
   st.s += s;
   st.u += u;
   st.kl += kl;

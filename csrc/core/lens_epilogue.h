@@ -5,13 +5,12 @@
 #include <cstdint>
 #include <limits>
 
+#include "isa.h"  // TileSets
+
 namespace fusedlens {
 
 constexpr int kMaxTopK = 32;
 constexpr int kMaxSets = 16;  // token sets whose probability mass a row accumulates
-
-// The length of a token's row in the one-hot membership table of n token sets (set_sums).
-constexpr int set_lanes(int n_sets) { return n_sets <= 8 ? 8 : 16; }
 
 // What one row needs to know before the sweep.
 struct RowQuery {
@@ -63,11 +62,9 @@ float exp_nonpos(float x);
 // p_final / z_final: the final layer's probabilities and logits on the same tile
 // (nullptr to skip KL). Counts exclude the row's own target/top-1 id, so rounding
 // between the gather-dot and the tile GEMM can never make a token outrank itself.
-// set_id: the tile's token-set ids (int8, -1 = in no set; null: no sets), n_sets <= kMaxSets;
-// set_onehot: the same as rows of set_lanes(n_sets) floats (isa.h, set_sums).
+// sets: the tile's token sets (n <= kMaxSets), whose exps add into st.set_s.
 void fold_tile(RowState& st, const RowQuery& q, const float* z, int64_t v0, int64_t width,
-               const float* p_final, const float* z_final, const int8_t* set_id = nullptr, int n_sets = 0,
-               const float* set_onehot = nullptr);
+               const float* p_final, const float* z_final, const TileSets& sets = {});
 
 // The vector pieces of every online softmax here (the active ISA's, csrc/core/isa.h):
 // the largest of z[0, width), and p[i] = exp(z[i] - shift) for z <= shift with Σ p.

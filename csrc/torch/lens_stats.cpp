@@ -28,9 +28,7 @@ struct Sweep {
   fusedlens::TileWeights tiles;
   const float* bias;       // [V] or null
   float cap;               // <= 0: none
-  const int8_t* set_id;    // [V] token-set ids (-1: none), or null
-  int n_sets;
-  const float* set_onehot;  // [V, set_lanes(n_sets)] the same membership, one-hot rows (isa.h, set_sums)
+  fusedlens::TileSets sets;  // of the whole vocabulary (stride V), or none
   bool bf16() const { return tiles.bf16(); }
 };
 
@@ -55,6 +53,14 @@ void sweep(const Sweep& sw, std::vector<Group>& groups) {
     if (static_cast<int64_t>(pf.size()) < width) pf.resize(width);
     Group& g = groups[gi];
     const int64_t rows = g.sites * g.tokens;
+    fusedlens::TileSets tile_sets = sw.sets;  // this tile's part
+    if (tile_sets.n > 0) tile_sets.id += v0;
+    if (tile_sets.member) tile_sets.member += v0;
+    if (tile_sets.listed) {
+      const int32_t* end = sw.sets.listed + sw.sets.n_listed;
+      tile_sets.listed = std::lower_bound(sw.sets.listed, end, v0);
+      tile_sets.n_listed = std::lower_bound(tile_sets.listed, end, v0 + width) - tile_sets.listed;
+    }
     for (int64_t r = 0; r < rows; ++r)
       fusedlens::bias_and_cap(tile + r * ld, sw.bias ? sw.bias + v0 : nullptr, sw.cap, width);
     for (int64_t j = 0; j < g.tokens; ++j) {
@@ -63,8 +69,7 @@ void sweep(const Sweep& sw, std::vector<Group>& groups) {
       for (int64_t s = 0; s < g.sites; ++s) {
         const int64_t r = s * g.tokens + j;
         fusedlens::fold_tile(g.st[r], g.q[r], tile + r * ld, v0, width, g.lse_final ? pf.data() : nullptr, zf,
-                             sw.set_id ? sw.set_id + v0 : nullptr, sw.n_sets,
-                             sw.set_onehot ? sw.set_onehot + v0 * fusedlens::set_lanes(sw.n_sets) : nullptr);
+                             tile_sets);
       }
     }
   });
@@ -127,16 +132,27 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
     TORCH_CHECK(lo >= -1 && hi < fusedlens::kMaxSets, "lens_stats: token set ids must be in [-1, 16)");
     n_sets = static_cast<int>(hi + 1);
   }
-  fusedlens::AlignedVector<float> onehot;  // [V, lanes]: 1 at a member's set, 0 elsewhere (V x 64 bytes at most)
+  const int64_t V = w.size(0);  // (listed ids are int32: vocabularies are far below 2^31)
+  // The sets' membership in the form their sums want (TileSets): the members' ids if they are at
+  // most 1 in 8 tokens, else set-major 0/1 columns (V x 64 bytes at most).
+  fusedlens::AlignedVector<float> member;
+  std::vector<int32_t> listed;
+  fusedlens::TileSets all_sets;
   if (n_sets > 0) {
-    const int lanes = fusedlens::set_lanes(n_sets);
-    onehot.assign(w.size(0) * lanes, 0.f);
     const int8_t* id = sets.data_ptr<int8_t>();
-    for (int64_t v = 0; v < w.size(0); ++v)
-      if (id[v] >= 0) onehot[v * lanes + id[v]] = 1.f;
+    for (int64_t v = 0; v < V; ++v)
+      if (id[v] >= 0) listed.push_back(static_cast<int32_t>(v));
+    all_sets = fusedlens::TileSets{id, nullptr, V, nullptr, 0, n_sets};
+    if (static_cast<int64_t>(listed.size()) * 8 <= V) {
+      all_sets.listed = listed.data(), all_sets.n_listed = static_cast<int64_t>(listed.size());
+    } else {
+      member.assign(n_sets * V, 0.f);
+      for (int64_t v : listed) member[id[v] * V + v] = 1.f;
+      all_sets.member = member.data();
+    }
   }
   const Sweep sw{{w, fusedlens::sweep_vocab_tile(w, vocab_tile)}, bias.defined() ? bias.data_ptr<float>() : nullptr,
-                 cap, sets.defined() ? sets.data_ptr<int8_t>() : nullptr, n_sets, n_sets > 0 ? onehot.data() : nullptr};
+                 cap, all_sets};
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const int64_t* tgt = targets.data_ptr<int64_t>();
 
@@ -158,7 +174,7 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
       groups.push_back(Group{final_rows.narrow(0, t0, m), 1, m, st.data() + t0, q.data() + t0, nullptr, nullptr});
     }
     Sweep final_only = sw;
-    final_only.set_id = nullptr, final_only.n_sets = 0, final_only.set_onehot = nullptr;
+    final_only.sets = fusedlens::TileSets{};
     sweep(final_only, groups);
     for (int64_t t = 0; t < T; ++t) {
       lse_final[t] = st[t].lse();

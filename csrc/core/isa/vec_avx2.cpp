@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "../isa.h"
+#include "count_dispatch.h"
 #include "exp_poly.h"
 
 namespace fusedlens {
@@ -136,48 +137,54 @@ void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const
   *above_f = int64_t{c[8]} + c[9] + c[10] + c[11] + c[12] + c[13] + c[14] + c[15];
 }
 
-// Each exp times its token's one-hot row (L = 8 or 16 floats: a lane per set), added into eight
-// (L = 8) or four (L = 16) accumulators in turn: a broadcast, one or two loads and FMAs per
-// position whatever the sets (a compare and a masked add per set and vector, as the AVX-512
-// kernel does, cost more than the rest of the epilogue with 8 sets on Zen 3). e * 1 and e * 0
-// are exact, so each set's sum is a plain sum of its members' exps.
-template <int L>
-void set_sums_onehot(const float* e, int64_t width, const int8_t* set_id, const float* onehot, int n_sets, float* out) {
-  constexpr int kAcc = L == 8 ? 8 : 4, kHalves = L / 8;
-  __m256 acc[kAcc][kHalves];
+// Sets [j0, j0 + N) over the whole vectors [0, full): per vector of 8 exps, one FMA with each set's
+// membership column (1 or 0; e * 1 and e * 0 are exact, so a set's sum is a plain sum of its
+// members' exps). That is a load and an FMA per set and 8 positions: a compare and a masked add
+// per set, as the AVX-512 kernel does, or a broadcast per position times a one-hot row, cost
+// more on Zen 3. kU vectors at a time, so that a few sets still make 8 independent chains.
+template <int N, int kU>
+inline void set_sums_cols(const float* e, int64_t full, const TileSets& sets, int j0, float* out) {
+  __m256 acc[kU][N];
   for (auto& a : acc)
-    for (auto& h : a) h = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + kAcc <= width; i += kAcc) {
-    uint32_t none;  // kAcc ids of -1: no member here (the common case with a few sparse sets)
-    std::memcpy(&none, set_id + i, 4);
-    if (none == ~0u && (kAcc == 4 || (std::memcpy(&none, set_id + i + 4, 4), none == ~0u))) continue;
+    for (auto& x : a) x = _mm256_setzero_ps();
+  const float* member = sets.member + j0 * sets.stride;
+  for (int64_t i = 0; i < full; i += 8 * kU) {
+    uint64_t none[kU];  // ids all -1: no member in these 8 * kU positions
+    std::memcpy(none, sets.id + i, sizeof none);
+    bool skip = true;
+    for (int u = 0; u < kU; ++u) skip &= none[u] == ~uint64_t{0};
+    if (skip) continue;
+#pragma GCC unroll 2
+    for (int u = 0; u < kU; ++u) {
+      const __m256 ev = _mm256_loadu_ps(e + i + 8 * u);
 #pragma GCC unroll 8
-    for (int c = 0; c < kAcc; ++c) {
-      const __m256 b = _mm256_broadcast_ss(e + i + c);
-      for (int h = 0; h < kHalves; ++h)
-        acc[c][h] = _mm256_fmadd_ps(b, _mm256_load_ps(onehot + (i + c) * L + 8 * h), acc[c][h]);
+      for (int j = 0; j < N; ++j)
+        acc[u][j] = _mm256_fmadd_ps(ev, _mm256_loadu_ps(member + j * sets.stride + i + 8 * u), acc[u][j]);
     }
   }
-  for (; i < width; ++i) {  // into the first accumulator: an index known only at run time would keep them in memory
-    const __m256 b = _mm256_broadcast_ss(e + i);
-    for (int h = 0; h < kHalves; ++h)
-      acc[0][h] = _mm256_fmadd_ps(b, _mm256_load_ps(onehot + i * L + 8 * h), acc[0][h]);
-  }
-  for (int h = 0; h < kHalves; ++h) {
-    __m256 t = acc[0][h];
-    for (int c = 1; c < kAcc; ++c) t = _mm256_add_ps(t, acc[c][h]);
-    alignas(32) float lane[8];
-    _mm256_store_ps(lane, t);
-    for (int j = 0; j < 8 && 8 * h + j < n_sets; ++j) out[8 * h + j] += lane[j];
+  for (int j = 0; j < N; ++j) {
+    __m256 t = acc[0][j];
+    for (int u = 1; u < kU; ++u) t = _mm256_add_ps(t, acc[u][j]);
+    out[j0 + j] += hsum(t);
   }
 }
 
-void set_sums(const float* e, int64_t width, const int8_t* set_id, const float* onehot, int n_sets, float* out) {
-  if (n_sets <= 8)
-    set_sums_onehot<8>(e, width, set_id, onehot, n_sets, out);
-  else
-    set_sums_onehot<16>(e, width, set_id, onehot, n_sets, out);
+// Up to 8 sets a pass (16 accumulators and their operands would not fit the 16 registers);
+// the positions after the last whole block of a pass one at a time.
+void set_sums(const float* e, int64_t width, const TileSets& sets, float* out) {
+  for (int j0 = 0; j0 < sets.n; j0 += 8) {
+    const int n = sets.n - j0 < 8 ? sets.n - j0 : 8;  // not std::min: a template instantiated here is AVX2 code
+    const int64_t full = n <= 4 ? width / 16 * 16 : width / 8 * 8;
+    with_count_16(n, [&](auto c) {
+      constexpr int C = decltype(c)::value;
+      if constexpr (C <= 4)
+        set_sums_cols<C, 2>(e, full, sets, j0, out);
+      else if constexpr (C <= 8)
+        set_sums_cols<C, 1>(e, full, sets, j0, out);
+    });
+    for (int64_t i = full; i < width; ++i)
+      if (sets.id[i] >= j0 && sets.id[i] < j0 + n) out[sets.id[i]] += e[i];
+  }
 }
 
 // 8 at a time; only a block with a position above the threshold is looked at closer.

@@ -94,8 +94,8 @@ void set_sums_n(const float* ev, int64_t width, const int8_t* set_id, float* out
   for (int j = 0; j < N; ++j) out[j] += _mm512_reduce_add_ps(acc[j]);
 }
 
-void set_sums(const float* e, int64_t width, const int8_t* set_id, const float*, int n_sets, float* out) {
-  with_count_16(n_sets, [&](auto n) { set_sums_n<decltype(n)::value>(e, width, set_id, out); });
+void set_sums(const float* e, int64_t width, const TileSets& sets, float* out) {
+  with_count_16(sets.n, [&](auto n) { set_sums_n<decltype(n)::value>(e, width, sets.id, out); });
 }
 
 // 16 at a time, the positions above the threshold compressed into idx.

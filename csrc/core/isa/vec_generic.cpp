@@ -39,7 +39,9 @@ inline v4f exp4(v4f x) {
   v4f p = v4f{} + kExpCoef[0];
   for (int i = 1; i < 8; ++i) p = p * r + kExpCoef[i];
   const v4i bits = (__builtin_convertvector(n, v4i) + 127) << 23;
-  return tiny ? v4f{} : p * reinterpret_cast<const v4f&>(bits);
+  v4f scale;  // 2^n: the bits as floats (a copy, not a cast: a cast breaks strict aliasing)
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+  return tiny ? v4f{} : p * scale;
 }
 
 inline float hsum4(v4f v) { return (v[0] + v[1]) + (v[2] + v[3]); }
@@ -89,9 +91,9 @@ void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const
   *s_out = ss, *u_out = uu, *kl_out = kk, *above_t = a, *above_f = b, *top_out = tt;
 }
 
-void set_sums(const float* e, int64_t width, const int8_t* set_id, const float*, int n_sets, float* out) {
+void set_sums(const float* e, int64_t width, const TileSets& sets, float* out) {
   for (int64_t i = 0; i < width; ++i)
-    if (set_id[i] >= 0 && set_id[i] < n_sets) out[set_id[i]] += e[i];
+    if (sets.id[i] >= 0 && sets.id[i] < sets.n) out[sets.id[i]] += e[i];
 }
 
 int64_t above(const float* z, int64_t width, float threshold, int32_t* idx) {
