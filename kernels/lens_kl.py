@@ -68,8 +68,9 @@ def _per_row(t, BLOCK_T: tl.constexpr, SITES_P: tl.constexpr):
 def _grad_dot(e, wk, PREC: tl.constexpr, ROUND: tl.constexpr, BF16_DOT: tl.constexpr):
     """e [ROWS, BLOCK_V] (softmax weights) · wk [BLOCK_V, BLOCK_D] in fp32. ROUND (compute="bf16") on a
     GPU with bf16 weights: e rounded to bf16 and one bf16 dot per tile (bench/gpu_check.py checks it
-    against the stated bound); the interpreter keeps e in fp32, as before, within that bound."""
-    if ROUND and BF16_DOT:  # a GPU's bf16 dot; elsewhere e stays fp32 (rounding it too broke the stated bound)
+    against the stated bound). Elsewhere e stays fp32: rounding it without the bf16 dot's fp32
+    accumulation broke that bound under the interpreter."""
+    if ROUND and BF16_DOT:
         return tl.dot(e.to(tl.bfloat16), wk.to(tl.bfloat16))
     return tl.dot(e, wk.to(tl.float32), input_precision=PREC)
 
