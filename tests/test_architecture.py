@@ -104,3 +104,56 @@ def test_the_lazy_exception_is_inside_a_function(tmp_path, monkeypatch):
     assert internal_imports(fake / "m.py", import_time_only=True) == set()
     (fake / "m.py").write_text("from ..adapters import x\n")
     assert internal_imports(fake / "m.py", import_time_only=True) == {"adapters"}
+
+
+# Reading files the tool did not write happens in one place (core/files.py): nothing else unpickles,
+# evaluates or trusts remote code, so a crafted file cannot run code through a new reader.
+UNSAFE_CALLS = {"eval", "exec", "pickle.load", "pickle.loads", "torch.load", "marshal.loads", "yaml.load"}
+
+
+def unsafe_calls(path: pathlib.Path) -> list[str]:
+    """Calls in a module that can run code from a file's contents, and trust_remote_code=True anywhere."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else \
+                f"{f.value.id}.{f.attr}" if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else None
+            if name in UNSAFE_CALLS:
+                found.append(name)
+            for kw in node.keywords:
+                if kw.arg == "trust_remote_code" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
+                    found.append("trust_remote_code")
+                if name == "torch.load" and kw.arg == "weights_only" and not (
+                        isinstance(kw.value, ast.Constant) and kw.value.value is True):
+                    found.append("torch.load without weights_only=True")
+    return found
+
+
+def test_no_module_but_core_files_reads_code_from_files():
+    for path in PACKAGE.rglob("*.py"):
+        rel = "/".join(path.relative_to(PACKAGE).parts)
+        if "kernels" in rel:
+            continue
+        found = unsafe_calls(path)
+        if rel == "core/files.py":
+            assert found == ["torch.load"], found  # with weights_only=True, checked above
+        else:
+            assert not found, f"{rel} calls {found}: read files through core/files.py"
+
+
+def test_the_unsafe_call_checker_sees_them(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import torch, pickle\nx = torch.load(p, weights_only=False)\ny = pickle.loads(b)\nz = eval(s)\n"
+                   "m = M.from_pretrained(p, trust_remote_code=True)\n")
+    assert sorted(unsafe_calls(bad)) == sorted(["torch.load", "torch.load without weights_only=True", "pickle.loads",
+                                                "eval", "trust_remote_code"])
+
+
+def test_every_command_stamps_its_output_folder():
+    """check_output_dir is given the command's name wherever a command writes (cli/ and the run job), so no
+    command can write into (and mix its files with) another command's folder."""
+    for path in list((PACKAGE / "cli").glob("*.py")) + [PACKAGE / "run" / "job.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "check_output_dir":
+                assert len(node.args) == 3, f"{path.name}: check_output_dir without the command's name"

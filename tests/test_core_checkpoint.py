@@ -28,3 +28,15 @@ def test_unreadable_file_says_what_to_do(tmp_path, content):
     path.write_bytes(path.read_bytes()[:200] if content is None else content)
     with pytest.raises(ValueError, match=r"s.pt cannot be read .*delete it to start the run over, or restore it"):
         StateFile(str(path), {"a": 1}).load()
+
+
+def test_a_crafted_checkpoint_is_refused_before_it_runs(tmp_path):
+    """A checkpoint is loaded as plain data: a pickle that calls a function never runs (it used to, before
+    the fingerprint was even compared)."""
+    from test_core_files import crafted_torch_file
+
+    marker = tmp_path / "marker"
+    path = crafted_torch_file(tmp_path / "rank0.pt", marker)
+    with pytest.raises(ValueError, match=r"rank0.pt is refused: .* could run code; delete it to start the run over"):
+        StateFile(path, {"a": 1}).load()
+    assert not marker.exists()

@@ -68,3 +68,31 @@ def test_knockout_on_the_real_model(real_lm, tmp_path, monkeypatch):
     assert (tmp_path / "knockout.png").stat().st_size > 5_000
     assert cli.main(["patch", "--clean", prompt, "--answer", " Paris", "--knockout-keys", "1-x",
                      "--out", str(tmp_path / "b")]) == 2
+
+
+def test_a_cut_that_changes_nothing_drops_exactly_zero(monkeypatch):
+    """The baseline runs on the windows' attention path (eager, in their batch): a model on SDPA whose cut
+    edges are already masked (keys after the query, allowed here past the command line's check) reports
+    a drop of exactly 0 in every window, not SDPA's rounding against eager's."""
+    from fusedlens.intervene import patching
+
+    model = tiny_model("llama")
+    model.set_attn_implementation("sdpa")
+    lm = LensModel.from_hf(model, tiny_tokenizer())
+    monkeypatch.setattr(patching, "check_causal_edges", lambda keys, queries: None)
+    for batch_size in (1, 2, 32):
+        r = knockout(lm, "abcdef", "a", "b", keys=[5], queries=[2], window=1, batch_size=batch_size)
+        assert len(r.windows) == lm.n_layers and torch.equal(r.drop, torch.zeros_like(r.drop)), batch_size
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_knockout_edges_a_causal_model_never_has_are_errors():
+    lm = LensModel.from_hf(tiny_model("llama"), tiny_tokenizer())
+    with pytest.raises(ValueError, match=r"knockout_keys: positions \[4, 5\] come after every query position \[3\]"):
+        knockout(lm, "abcdef", "a", keys=[1, 4, 5], queries=[3])
+    with pytest.raises(ValueError, match=r"knockout_keys: cut every key of query position 1"):
+        knockout(lm, "abcdef", "a", keys=[0, 1], queries=[1, 5])
+    with pytest.raises(ValueError, match="counterfactual: the same token as the answer"):
+        knockout(lm, "abcdef", "a", "a", keys=[1])
+    with pytest.raises(ValueError, match="batch_size: expected a positive integer"):
+        knockout(lm, "abcdef", "a", keys=[1], batch_size=0)

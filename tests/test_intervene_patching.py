@@ -56,6 +56,13 @@ def test_bad_inputs():
         patch(lm, "abc", "abd", "a", metric="logit_diff")
     with pytest.raises(ValueError, match="answer: 'ab' is 2 tokens"):
         patch(lm, "abc", "abd", "ab")
+    # a grid whose every restored fraction would be 0 / 0 fails before its forwards
+    with pytest.raises(ValueError, match=r"clean, corrupted: the prob is .* on both runs"):
+        patch(lm, "abc", "abc", "a")
+    with pytest.raises(ValueError, match="counterfactual: .*the logit difference would be 0"):
+        patch(lm, "abc", "abd", "a", "a")
+    with pytest.raises(ValueError, match="counterfactual: the same token as the answer"):
+        patch(lm, "abc", "abd", "a", lm.tokenizer("a")["input_ids"][0])  # the answer's id, given as an id
 
 
 def test_causal_tracing_on_the_real_model(real_lm, tmp_path, monkeypatch):

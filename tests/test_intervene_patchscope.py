@@ -89,9 +89,9 @@ def test_mapping_files(tmp_path):
     shifted = patchscope(lm, "xyz", target="ab?c", layers=[1], n_tokens=3,
                          mapping=(torch.eye(lm.d_model), torch.zeros(lm.d_model)))
     assert shifted.generations == patchscope(lm, "xyz", target="ab?c", layers=[1], n_tokens=3).generations
-    with pytest.raises(ValueError, match="is not a torch file"):
+    with pytest.raises(ValueError, match="cannot be read as a torch file"):
         load_mapping(str(tmp_path / "bad.pt"))
-    with pytest.raises(ValueError, match="is not a file"):
+    with pytest.raises(ValueError, match="not found"):
         load_mapping(str(tmp_path / "none.pt"))
 
 

@@ -105,3 +105,22 @@ def test_class_maps(real_lm, tmp_path):
     with __import__("pytest").warns(UserWarning, match="1 of 4 entries name no token"):
         classes, names = class_map(str(path), tok, real_lm.vocab_size)
     assert names == ["det", "noun"] and int(classes[the]) == 0 and int((classes >= 0).sum()) == 3
+
+
+def test_class_map_keys_name_tokens_one_way(lm, tmp_path):
+    """A key "5" is the token "5" (JSON keys are strings); "id:5" is token id 5."""
+    from fusedlens.refine.classes import class_map, read_class_map
+
+    tok = lm.tokenizer  # character-level: the token "5" is not id 5
+    five = tok.convert_tokens_to_ids("5")
+    assert five != 5
+    path = tmp_path / "classes.json"
+    path.write_text(json.dumps({"5": "digit", "id:5": "by id", "a": "digit"}))
+    classes, names = class_map(str(path), tok, lm.vocab_size)
+    assert names == ["digit", "by id"] and int(classes[five]) == 0 and int(classes[5]) == 1
+    assert int(classes[tok.convert_tokens_to_ids("a")]) == 0 and int((classes >= 0).sum()) == 3
+    for content, message in (({"id:x": "a", "b": "c"}, "'id:x' is not a token id"), ({"a": "x"}, "names one class"),
+                             ({"a": ["x"], "b": "y"}, "the class of 'a' must be a name"), ([1], "holds a list")):
+        path.write_text(json.dumps(content))
+        with pytest.raises(ValueError, match=f"^classes: .*{message}"):
+            read_class_map(str(path))

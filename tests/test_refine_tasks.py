@@ -7,7 +7,7 @@ import torch
 
 from fusedlens.core.capture import capture_residuals
 from fusedlens.data.windows import tokenize
-from fusedlens.data.prompts import read_jsonl
+from fusedlens.core.files import read_jsonl
 from fusedlens.refine.tasks import answer_depths, multiple_choice
 
 
@@ -18,7 +18,7 @@ def write(path, rows):
 
 def test_answers_and_choices(real_lm, tmp_path):
     lm = real_lm
-    answers = read_jsonl(write(tmp_path / "a.jsonl", [
+    answers = read_jsonl("answers", write(tmp_path / "a.jsonl", [
         {"prompt": "The capital of France is", "answer": " Paris, a city on the Seine"},
         {"prompt": "Two plus two equals", "answer": " four"}]), ("prompt", "answer"))
     got = answer_depths(lm, answers)
@@ -30,7 +30,7 @@ def test_answers_and_choices(real_lm, tmp_path):
              {"prompt": "Question: Is fire cold? Options: A) yes B) no. Answer:", "options": [" A", " B"],
               "answer": " B"},
              {"prompt": "Pick C. Options: A, B, C, D. Answer:", "options": [" A", " B", " C", " D"], "answer": " C"}]
-    choices = read_jsonl(write(tmp_path / "c.jsonl", items), ("prompt", "options", "answer"))
+    choices = read_jsonl("answers", write(tmp_path / "c.jsonl", items), ("prompt", "options", "answer"))
     mc = multiple_choice(lm, choices)
     assert mc["prompts"] == 3 and len(mc["format_share"]) == len(mc["sites"])
     fmt = right = 0.0
@@ -53,8 +53,8 @@ def test_bad_choice_files(real_lm, tmp_path, row, message):
     if row["options"][0] == " AB" and tokenize(real_lm.tokenizer, " AB").numel() == 1:
         row = dict(row, options=[" ABCDXYZ", " C"])
         message = r"line 1: option ' ABCDXYZ' is \d+ tokens"
-    items = read_jsonl(write(tmp_path / "c.jsonl", [row]), ("prompt", "options", "answer"))
+    items = read_jsonl("answers", write(tmp_path / "c.jsonl", [row]), ("prompt", "options", "answer"))
     with pytest.raises(ValueError, match=message):
         multiple_choice(real_lm, items)
     with pytest.raises(ValueError, match="line 1: expected an object with prompt, answer"):
-        read_jsonl(write(tmp_path / "a.jsonl", [{"prompt": "x"}]), ("prompt", "answer"))
+        read_jsonl("answers", write(tmp_path / "a.jsonl", [{"prompt": "x"}]), ("prompt", "answer"))

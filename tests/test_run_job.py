@@ -238,15 +238,19 @@ def test_seq_len_beyond_the_context_is_an_error(lm, corpus_file, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["file", "unwritable"])
-def test_bad_out_fails_before_the_model_loads(corpus_file, tmp_path, capsys, where):
+def test_bad_out_fails_before_the_model_loads(corpus_file, tmp_path, capsys, where, monkeypatch):
     from fusedlens.cli import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr("fusedlens.core.models.load_model", refuse)
 
     out = str(tmp_path / "a_file") if where == "file" else "/proc/fusedlens_cannot_write_here"
     if where == "file":
         open(out, "w").close()
     t0 = time.perf_counter()
-    # a model that does not exist: had the job started, loading it would fail first
-    assert main(["run", corpus_file, "--out", out, "--model", str(tmp_path / "no_model"), "--no-progress"]) == 2
+    assert main(["run", corpus_file, "--out", out, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"out: {out}" in err and ("is a file" in err if where == "file" else "cannot be written" in err)
     assert len(err.strip().splitlines()) == 1 and time.perf_counter() - t0 < 30

@@ -90,9 +90,9 @@ def test_directions_file_and_tensor_file(tmp_path, lm):
     with pytest.raises(ValueError, match="^directions: .* is not a fusedlens.directions/1 file"):
         steer.load_directions(str(tmp_path / "bad.pt"), "pca", "resid.0", lm)
     (tmp_path / "junk.pt").write_text("not a torch file")
-    with pytest.raises(ValueError, match="^vector_file: .* is not a torch file"):
+    with pytest.raises(ValueError, match="^vector_file: .* cannot be read as a torch file"):
         steer.load_tensor(str(tmp_path / "junk.pt"), lm)
-    with pytest.raises(ValueError, match="^vector_file: .* is not a file"):
+    with pytest.raises(ValueError, match="^vector_file: .* not found"):
         steer.load_tensor(str(tmp_path / "missing.pt"), lm)
     torch.save(torch.randn(lm.d_model + 1), tmp_path / "wide.pt")
     with pytest.raises(ValueError, match="^vector_file: width"):

@@ -99,3 +99,47 @@ def test_round_trip_with_the_tuned_lens_package(hf_and_lm, tmp_path, monkeypatch
     with torch.no_grad():
         got = torch.stack([back(h[i], i) for i in range(lm.n_layers)])
         assert torch.allclose(got, mine(h), atol=1e-5)
+
+
+def test_a_lens_of_another_model_is_refused(hf_and_lm, tmp_path):
+    """unembed_hash is checked on load: a lens trained for another model of the same width used to load
+    silently; check_unembed=False (--ignore-unembed-hash) reads it on purpose."""
+    _, lm = hf_and_lm
+    other = LensModel.from_hf(tiny_model("llama", seed=1))  # same shapes, other random weights
+    lens = randomize(TunedLens.from_model(other))
+    lens.save(str(tmp_path))
+    with pytest.raises(ValueError, match=r"^lens: .* was trained for another model \(its unembed_hash differs"):
+        TunedLens.load(str(tmp_path), lm)
+    back = TunedLens.load(str(tmp_path), lm, check_unembed=False)
+    h = torch.randn(lm.n_layers, 3, lm.d_model)
+    with torch.no_grad():
+        assert torch.equal(back.translate(h), lens.translate(h))
+    assert TunedLens.load(str(tmp_path), other).sites == lens.sites  # its own model: fine
+
+
+def test_damaged_lens_folders_are_one_line_errors(hf_and_lm, tmp_path):
+    _, lm = hf_and_lm
+    good = tmp_path / "good"
+    randomize(TunedLens.from_model(lm)).save(str(good))
+    cfg = json.loads((good / "config.json").read_text())
+    params = (good / "params.pt").read_bytes()
+    cases = [
+        ("{", params, r"config.json is not valid JSON"),
+        ("[]", params, r"config.json holds a list, expected an object"),
+        (json.dumps({k: v for k, v in cfg.items() if k != "num_hidden_layers"}), params,
+         r"num_hidden_layers must be a positive integer, got None"),
+        (json.dumps({**cfg, "fusedlens_sites": ["embed", "resid.9"]}), params, r"sites \['embed', 'resid.9'\]"),
+        (json.dumps(cfg), params[:200], r"params.pt cannot be read as a torch file"),
+        (json.dumps({**cfg, "bias": False}), params, r"params.pt does not hold the \d+ translators"),
+    ]
+    for i, (config, blob, message) in enumerate(cases):
+        folder = tmp_path / f"bad{i}"
+        folder.mkdir()
+        (folder / "config.json").write_text(config)
+        (folder / "params.pt").write_bytes(blob)
+        with pytest.raises(ValueError, match=r"^lens: .*" + message) as err:
+            TunedLens.load(str(folder), lm)
+        assert "\n" not in str(err.value), message
+    with pytest.raises(ValueError, match=r"^tuned: .* is not a tuned lens folder"):
+        TunedLens.load(str(tmp_path / "missing"), lm, name="tuned")
+    assert not (tmp_path / "missing").exists()

@@ -37,7 +37,7 @@ def main(args) -> int:
     from ..concepts.lists import resolve
 
     lists = resolve(cfg.concepts or None)  # bad names or files fail before the model loads
-    check_output_dir("out", cfg.out)
+    check_output_dir("out", cfg.out, "concepts")
     lm = cfg.load()
     result = concepts(lm, lists, form=cfg.form, progress=cfg.progress)
     print(format_concepts_table(result))

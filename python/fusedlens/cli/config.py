@@ -94,13 +94,21 @@ def from_args(cls: type, args: argparse.Namespace, **override):
 
 
 def parse_positions(name: str, spec: str) -> list[int]:
-    """A command's list of token positions: "3", "1-4", "1,3,-1" (negative: from the end)."""
-    try:
-        out = []
-        for part in spec.split(","):
+    """A command's list of token positions: "3", "1-4", "1,3,-1" (negative: from the end). A range must
+    run forward ("5-2" selects nothing: an error, not an empty list); "-3--1" is the last three."""
+    out = []
+    for part in spec.split(","):
+        try:
             a, sep, b = part.strip()[1:].partition("-")
-            first = part.strip()[0] + a
-            out += list(range(int(first), int(b) + 1)) if sep else [int(first)]
-        return out
-    except (ValueError, IndexError):
-        raise ValueError(f"{name}: expected positions like 3, 1-4 or 1,3,-1; got {spec!r}") from None
+            first = int(part.strip()[0] + a)
+            last = int(b) if sep else first
+        except (ValueError, IndexError):
+            raise ValueError(f"{name}: expected positions like 3, 1-4 or 1,3,-1; got {spec!r}") from None
+        if sep and last < first and (first >= 0) == (last >= 0):
+            raise ValueError(f"{name}: the range {part.strip()!r} runs backwards and selects no position; "
+                             f"write it as {last}-{first}")
+        if sep and (first >= 0) != (last >= 0):
+            raise ValueError(f"{name}: the range {part.strip()!r} mixes a position from the start with one from "
+                             "the end; use positions of one kind")
+        out += list(range(first, last + 1)) if sep else [first]
+    return out

@@ -28,9 +28,10 @@ def run_demo(n_tokens: int = 2048, seq_len: int = 512, out_dir: str = out_defaul
     say = (lambda *a: None) if quiet else print
     if n_tokens < 2 or seq_len < 2:
         raise ValueError(f"n_tokens, seq_len: need at least 2 tokens, got {n_tokens}, {seq_len}")
-    check_output_dir("out", out_dir)
+    check_output_dir("out", out_dir, "demo")
     t0 = time.perf_counter()
     lm = lm or load_model()
+    lm.check_window(min(seq_len, n_tokens))
     say(f"model: {lm.describe()['model']} ({lm.n_layers} layers, d_model {lm.d_model}, vocab {lm.vocab_size}) "
         f"loaded in {time.perf_counter() - t0:.1f}s")
     t1 = time.perf_counter()

@@ -43,8 +43,19 @@ def main(args) -> int:
     from ..directions import directions
     from ..report.directions import format_directions_table, plot_directions, plot_scan
 
+    from ..directions.inputs import read_pairs, split
+    from ..directions.solve import check_ridge
+
     cfg = from_args(DirectionsConfig, args)
-    check_output_dir("out", cfg.out)
+    items, _ = read_pairs(None, pos=cfg.pos, neg=cfg.neg, pairs=cfg.pairs, labeled=cfg.labeled,
+                          label_key=cfg.label_key, positive=cfg.positive, position=cfg.position)
+    split(len(items), cfg.heldout, cfg.seed)
+    check_ridge(cfg.lda_ridge)
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {cfg.batch_size}")
+    if cfg.scan_text is not None and not cfg.scan_text.strip():
+        raise ValueError("scan_text: expected a non-empty text")
+    check_output_dir("out", cfg.out, "directions")
     lm = cfg.load()
     result = directions(lm, pos=cfg.pos, neg=cfg.neg, pairs=cfg.pairs, labeled=cfg.labeled, label_key=cfg.label_key,
                         positive=cfg.positive, position=cfg.position, layers=parse_layers(cfg.layers, lm.n_layers),

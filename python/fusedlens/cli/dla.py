@@ -27,12 +27,20 @@ class DLAConfig(ModelOptions):
 
 
 def _read_prompts(cfg: DLAConfig):
-    from ..data.prompts import read_jsonl
+    from ..core.files import read_jsonl
 
     if cfg.prompts and cfg.prompt:
         raise ValueError("prompt, prompts: give --prompt or --prompts, not both")
     if cfg.prompts:
-        items = read_jsonl(cfg.prompts, ("prompt", "answer"))
+        if cfg.answer is not None or cfg.counterfactual is not None:
+            raise ValueError("answer, counterfactual: with --prompts they come from the file's lines")
+        items = read_jsonl("prompts", cfg.prompts, ("prompt", "answer"))
+        for it in items:
+            for key in ("prompt", "answer", "counterfactual"):
+                if key in it and not (isinstance(it[key], str) and it[key]):
+                    raise ValueError(f"prompts: {it['_where']}: {key!r} must be a non-empty text")
+            if it.get("counterfactual") == it["answer"]:
+                raise ValueError(f"prompts: {it['_where']}: the counterfactual is the answer; give a different token")
         counters = [it.get("counterfactual") for it in items]
         if any(c is None for c in counters) and any(c is not None for c in counters):
             raise ValueError("prompts: give a counterfactual on every line or on none")
@@ -40,17 +48,28 @@ def _read_prompts(cfg: DLAConfig):
             None if counters[0] is None else counters
     if not cfg.prompt:
         raise ValueError("prompt: give at least one --prompt (or --prompts FILE)")
+    if any(not p.strip() for p in cfg.prompt):
+        raise ValueError("prompt: expected a non-empty text")
+    if cfg.counterfactual is not None and cfg.answer is None:
+        raise ValueError("counterfactual: needs --answer")
+    if cfg.counterfactual is not None and cfg.counterfactual == cfg.answer:
+        raise ValueError(f"counterfactual: {cfg.counterfactual!r} is the answer; every attribution would be 0: "
+                         "give a different token")
     return cfg.prompt, cfg.answer, cfg.counterfactual
 
 
 def main(args) -> int:
-    from ..dla.run import dla
+    from ..dla.run import dla, parse_components
     from ..report.dla import format_dla_table, write_dla_outputs
 
     cfg = from_args(DLAConfig, args)
-    check_output_dir("out", cfg.out)
+    for name in ("k", "top"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name}: expected >= 0, got {getattr(cfg, name)}")
     prompts, answer, counter = _read_prompts(cfg)
     components = [c.strip() for c in cfg.components.split(",") if c.strip()]
+    parse_components(components)
+    check_output_dir("out", cfg.out, "dla")
     lm = cfg.load()
     sources = [h.strip() for h in cfg.sources.split(",") if h.strip()] if cfg.sources else []
     result = dla(lm, prompts, components, answer=answer, counterfactual=counter, k=cfg.k, backend=cfg.backend,

@@ -34,19 +34,49 @@ def main(args) -> int:
     from ..report.patch import format_patch_table, write_patch_outputs
 
     cfg = from_args(PatchConfig, args)
+    _check(cfg)
     if cfg.knockout_keys:
         return _knockout(cfg)
-    for name in ("clean", "corrupted", "answer"):
-        if not getattr(cfg, name):
-            raise ValueError(f"{name}: required (--{name})")
-    check_output_dir("out", cfg.out)
+    check_output_dir("out", cfg.out, "patch")
     lm = cfg.load()
     result = patch(lm, cfg.clean, cfg.corrupted, cfg.answer, cfg.counterfactual, metric=cfg.metric,
-                   kinds=[k.strip() for k in cfg.kinds.split(",") if k.strip()], batch_size=cfg.batch_size,
-                   progress=cfg.progress)
+                   kinds=_kinds(cfg), batch_size=cfg.batch_size, progress=cfg.progress)
     print(format_patch_table(result))
     print("wrote " + ", ".join(write_patch_outputs(result, cfg.out)))
     return 0
+
+
+def _kinds(cfg: PatchConfig) -> list[str]:
+    return [k.strip() for k in cfg.kinds.split(",") if k.strip()]
+
+
+def _check(cfg: PatchConfig) -> None:
+    """Everything the model is not needed for, before it loads."""
+    from ..intervene.patching import KINDS, check_causal_edges
+
+    knockout = bool(cfg.knockout_keys)
+    for name in ("clean", "answer") + (() if knockout else ("corrupted",)):
+        if not getattr(cfg, name).strip():
+            raise ValueError(f"{name}: required (--{name.replace('_', '-')})")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {cfg.batch_size}")
+    if cfg.window is not None and cfg.window < 1:
+        raise ValueError(f"window: expected >= 1 blocks, got {cfg.window}")
+    if cfg.metric == "logit_diff" and cfg.counterfactual is None:
+        raise ValueError("metric: logit_diff needs --counterfactual")
+    if cfg.counterfactual is not None and cfg.counterfactual == cfg.answer:
+        raise ValueError(f"counterfactual: {cfg.counterfactual!r} is the answer; the logit difference would be 0")
+    if knockout:
+        keys = parse_positions("knockout_keys", cfg.knockout_keys)
+        queries = parse_positions("knockout_queries", cfg.knockout_queries)
+        if min(keys + queries) >= 0:  # negative ones count from the end: checked once the prompt is tokenized
+            check_causal_edges(sorted(set(keys)), sorted(set(queries)))
+        return
+    if cfg.clean == cfg.corrupted:
+        raise ValueError("corrupted: the same prompt as --clean; patching needs two runs that differ")
+    kinds = _kinds(cfg)
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise ValueError(f"kinds: expected some of {', '.join(KINDS)}, got {cfg.kinds!r}")
 
 
 def _knockout(cfg: PatchConfig) -> int:
@@ -56,10 +86,7 @@ def _knockout(cfg: PatchConfig) -> int:
     from ..report.patch import plot_knockout
     from ..report.common import write_json
 
-    for name in ("clean", "answer"):
-        if not getattr(cfg, name):
-            raise ValueError(f"{name}: required (--{name})")
-    check_output_dir("out", cfg.out)
+    check_output_dir("out", cfg.out, "patch")
     lm = cfg.load()
     r = knockout(lm, cfg.clean, cfg.answer, cfg.counterfactual, metric=cfg.metric,
                  keys=parse_positions("knockout_keys", cfg.knockout_keys),

@@ -34,9 +34,18 @@ def main(args) -> int:
     from ..report.common import write_json
 
     cfg = from_args(PatchscopeConfig, args)
-    if not cfg.source:
+    from ..intervene.patchscope import TARGETS
+
+    if not cfg.source.strip():
         raise ValueError("source: required (--source)")
-    check_output_dir("out", cfg.out)
+    if not cfg.target.strip():
+        raise ValueError("target: expected identity, description or a prompt")
+    if cfg.target not in TARGETS and "?" not in cfg.target and cfg.target_position is None:
+        raise ValueError("target: the target prompt has no '?' placeholder; put a '?' where the state is written, "
+                         "or give --target-position")
+    if cfg.n_tokens < 1:
+        raise ValueError(f"n_tokens: expected >= 1, got {cfg.n_tokens}")
+    check_output_dir("out", cfg.out, "patchscope")
     mapping = load_mapping(cfg.mapping) if cfg.mapping else None
     lm = cfg.load()
     target_lm = None
@@ -62,19 +71,17 @@ def main(args) -> int:
 
 
 def load_mapping(path: str):
-    """A saved affine map: a [d*, d] tensor, or a dict with 'weight' (and optionally 'bias')."""
-    import os
-
+    """A saved affine map: a [d*, d] tensor, or a dict with 'weight' (and optionally 'bias'); never code."""
     import torch
 
-    if not os.path.isfile(path):
-        raise ValueError(f"mapping: {path} is not a file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a file torch cannot read is bad input, named in one line
-        raise ValueError(f"mapping: {path} is not a torch file ({type(err).__name__})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("weight"), torch.Tensor):
-        return obj["weight"], obj.get("bias")
+    from ..core.files import load_torch
+
+    obj = load_torch("mapping", path)
+    if isinstance(obj, dict) and isinstance(obj.get("weight"), torch.Tensor) and obj["weight"].dim() == 2:
+        bias = obj.get("bias")
+        if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != obj["weight"].shape[:1]):
+            raise ValueError(f"mapping: {path}: 'bias' must be a [{obj['weight'].shape[0]}] tensor")
+        return obj["weight"], bias
     if isinstance(obj, torch.Tensor) and obj.dim() == 2:
         return obj, None
     raise ValueError(f"mapping: {path} holds neither a [d*, d] tensor nor a dict with 'weight'")

@@ -35,19 +35,38 @@ class ProbeConfig(ModelOptions):
 
 
 def main(args) -> int:
-    from ..data.corpus import read_text
+    from ..core.files import read_text
     from ..probe.fit import probe
-    from ..probe.user_targets import read_target_file
+    from ..probe.rows import check_lags, parse_positions
+    from ..probe.user_targets import parse_target_file
     from ..report.probe import format_number, format_probe_table, write_probe_outputs
 
     cfg = from_args(ProbeConfig, args)
-    check_output_dir("out", cfg.out)
     targets = [t.strip() for t in cfg.targets.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or len(set(targets)) != len(targets):
+        raise ValueError(f"targets: expected distinct names from {','.join(TARGETS)}, got {cfg.targets!r}")
+    for name, low in (("train_tokens", 2 * cfg.folds), ("heldout_tokens", 0), ("seq_len", 1), ("folds", 2)):
+        if getattr(cfg, name) < low:
+            raise ValueError(f"{name}: expected >= {low}, got {getattr(cfg, name)}")
+    check_lags(cfg.lags)
+    parse_positions(cfg.positions)
     if cfg.text and cfg.targets_file:
         raise ValueError("text: a targets file brings its own texts; give --text or --targets-file")
-    corpus = read_text(cfg.text) if cfg.text else None
+    if cfg.texts and not cfg.targets_file:
+        raise ValueError("texts: the texts of a Parquet --targets-file; give that file too")
+    corpus = read_text("text", cfg.text) if cfg.text else None
+    user = parse_target_file(cfg.targets_file, cfg.texts) if cfg.targets_file else None
+    if cfg.where is not None:
+        names = sorted({n for _, o in user.lines for n in (o.get("targets") or {})}
+                       | {s["name"] for _, o in user.lines for s in o.get("spans") or []}
+                       | {"label" for _, o in user.lines if "label" in o}
+                       | {r["name"] for r in user.rows}) if user else []
+        if cfg.where not in names:
+            raise ValueError(f"where: expected the name of a target of --targets-file ({', '.join(names) or 'none'}), "
+                             f"got {cfg.where!r}")
+    check_output_dir("out", cfg.out, "probe")
     lm = cfg.load()
-    user = read_target_file(cfg.targets_file, lm.tokenizer, texts=cfg.texts) if cfg.targets_file else None
     result = probe(lm, corpus, train_tokens=cfg.train_tokens, heldout_tokens=cfg.heldout_tokens, seq_len=cfg.seq_len,
                    targets=targets, user_targets=user, lags=cfg.lags, positions=cfg.positions, where=cfg.where,
                    folds=cfg.folds, backend=cfg.backend, progress=cfg.progress)

@@ -20,6 +20,7 @@ class RefineConfig(ModelOptions):
     buckets: str = option("10,100,1000", "upper frequency ranks of every bucket but the last")
     counts: str | None = option(None, "token counts JSON (refine.TokenCounts.save); default: counted over the corpus")
     tuned: str | None = option(None, "a tuned-lens checkpoint folder, read beside the logit lens")
+    ignore_unembed_hash: bool = option(False, "read a tuned lens trained for another unembedding (its unembed_hash differs)")
     classes: str = option("function_words", "token classes of depth to correct: function_words (built in), a JSON "
                                              "{token or id: class}, or none")
     answers: str | None = option(None, "JSONL of {prompt, answer}: depth to correct of answers' first token vs "
@@ -33,19 +34,32 @@ class RefineConfig(ModelOptions):
 
 
 def main(args) -> int:
-    from ..data.corpus import read_text
-    from ..refine.frequency import parse_buckets
+    from ..core.files import read_jsonl, read_text
+    from ..refine.classes import read_class_map
+    from ..refine.frequency import TokenCounts, parse_buckets
     from ..refine.run import refine
     from ..report.refine import format_refine_table, write_refine_outputs
+    from ..tuned.lens import read_config
 
     cfg = from_args(RefineConfig, args)
-    check_output_dir("out", cfg.out)
+    for name in ("tokens", "seq_len"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name}: expected >= 1, got {getattr(cfg, name)}")
+    # every file is read, and every flag checked, before the model loads
     buckets = parse_buckets(cfg.buckets)
-    corpus = read_text(cfg.text) if cfg.text else None
+    corpus = read_text("text", cfg.text) if cfg.text else None
+    counts = TokenCounts.load(cfg.counts) if cfg.counts else None
+    classes = None if cfg.classes == "none" else cfg.classes if cfg.classes == "function_words" \
+        else read_class_map(cfg.classes)
+    answers = read_jsonl("answers", cfg.answers, ("prompt", "answer")) if cfg.answers else None
+    choices = read_jsonl("choices", cfg.choices, ("prompt", "options", "answer")) if cfg.choices else None
+    if cfg.tuned:
+        read_config(cfg.tuned, "tuned")
+    check_output_dir("out", cfg.out, "refine")
     lm = cfg.load()
-    result = refine(lm, corpus, tokens=cfg.tokens, start=cfg.start, seq_len=cfg.seq_len, buckets=buckets, counts=cfg.counts,
-                    tuned=cfg.tuned, classes=None if cfg.classes == "none" else cfg.classes, answers=cfg.answers,
-                    choices=cfg.choices, backend=cfg.backend, progress=cfg.progress)
+    result = refine(lm, corpus, tokens=cfg.tokens, start=cfg.start, seq_len=cfg.seq_len, buckets=buckets,
+                    counts=counts, tuned=cfg.tuned, classes=classes, answers=answers, choices=choices,
+                    backend=cfg.backend, progress=cfg.progress, check_unembed=not cfg.ignore_unembed_hash)
     print(format_refine_table(result))
     json_path, png_path = write_refine_outputs(result, cfg.out)
     print(f"time: {result.meta['seconds']:.1f}s\nwrote {json_path} and {png_path}")

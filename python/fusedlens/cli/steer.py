@@ -73,7 +73,8 @@ def main(args) -> int:
     from ..report.steer import format_generation, format_scan_table, write_scan_outputs
     from .. import steer
     from ..steer.scan import DEFAULT_PROMPTS
-    from ..steer.vectors import check_site
+    from ..steer.generate import check_sampling
+    from ..steer.vectors import check_coef, check_site
 
     cfg = from_args(SteerConfig, args)
     sources = [n for n, v in (("plus/minus", cfg.plus or cfg.minus), ("directions", cfg.directions),
@@ -88,10 +89,23 @@ def main(args) -> int:
     if cfg.prompt is not None and not cfg.prompt.strip():
         raise ValueError("prompt: expected a non-empty text")
     positions = parse_positions("positions", cfg.positions) if cfg.positions else None
+    if positions is not None and min(positions) < 0:
+        raise ValueError(f"positions: expected positions from the start (0, 1, ...), got {cfg.positions!r}")
     sites = parse_sites(cfg.scan_sites) if cfg.scan_sites else []
-    check_output_dir("out", cfg.out)
+    coefs = [check_coef(c, "scan_coefs") for c in parse_numbers("scan_coefs", cfg.scan_coefs)]
+    if sites and not coefs:
+        raise ValueError("scan_coefs: expected at least one coefficient")
+    check_coef(cfg.coef, "coef")
+    check_sampling(cfg.n_tokens, cfg.temperature, cfg.top_p)
+    for name in ("eval_tokens", "seq_len", "sample_tokens", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name}: expected >= 1, got {getattr(cfg, name)}")
     corpus = "pydoc" if cfg.eval_corpus == "pydoc" or not sites else _read_corpus(cfg.eval_corpus)
-    coefs = parse_numbers("scan_coefs", cfg.scan_coefs)
+    vector = steer.load_tensor(cfg.vector_file) if cfg.vector_file else None  # files read before the model loads
+    if cfg.directions:
+        for site in [cfg.site] * (cfg.prompt is not None) + sites + ([cfg.read_site] if cfg.read_site else []):
+            steer.load_directions(cfg.directions, cfg.kind, site)
+    check_output_dir("out", cfg.out, "steer")
     lm = cfg.load()
     for name, names in (("site", [cfg.site] if cfg.prompt is not None else []), ("scan_sites", sites),
                         ("read_site", [cfg.read_site] if cfg.read_site else [])):
@@ -105,7 +119,7 @@ def main(args) -> int:
         vecs = {s: steer.load_directions(cfg.directions, cfg.kind, s, lm) for s in want}
         source = {"directions": cfg.directions, "kind": cfg.kind}
     else:
-        v = steer.load_tensor(cfg.vector_file, lm)
+        v = steer.check_vector(lm, vector, "vector_file")
         vecs = {s: v for s in want}
         source = {"vector_file": cfg.vector_file}
     written = []
@@ -135,11 +149,11 @@ def main(args) -> int:
 
 
 def _read_corpus(path: str) -> str:
-    from ..data.corpus import read_text
+    from ..core.files import read_text
 
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ValueError(f"eval_corpus: {path!r} is neither 'pydoc' nor a file")
-    return read_text(path)
+    return read_text("eval_corpus", path)
 
 
 def register(sub) -> None:

@@ -29,11 +29,13 @@ class TrainCommand(CorpusOptions):
     out: str = option(DEFAULT_LENS, "checkpoint folder, resumed if present")
     mid: bool = option(False, "also translators at the mid-layer sites")
     bias: bool = option(True, "translators without the bias b")
+    overwrite: bool = option(False, "replace a trained lens in --out that has no training state to resume")
 
 
 @dataclass(kw_only=True)
 class EvalCommand(CorpusOptions):
     lens: str = option(DEFAULT_LENS, "tuned lens folder")
+    ignore_unembed_hash: bool = option(False, "read a tuned lens trained for another unembedding (its unembed_hash differs)")
     tokens: int = option(2048, "held-out tokens to evaluate")
     seq_len: int = option(256, "tokens per sequence")
     out: str | None = option(None, "where to write tuned_eval.json/png (default: the lens folder)")
@@ -48,14 +50,18 @@ def _split(lm, eval_tokens: int):
 
 def train_main(args) -> int:
     from ..tuned.lens import TunedLens
-    from ..tuned.train import train
+    from ..tuned.train import check_out_dir, read_state, train
 
     cmd, cfg = from_args(TrainCommand, args), from_args(TrainConfig, args)
-    check_output_dir("out", cmd.out)
+    if cmd.eval_tokens < 1:
+        raise ValueError(f"eval_tokens: expected >= 1, got {cmd.eval_tokens}")
+    check_out_dir(cmd.out, cmd.overwrite)
+    read_state(cmd.out, cfg)  # resumable: of the same recipe, readable, plain data (before the model loads)
+    check_output_dir("out", cmd.out, "tuned")
     lm = cmd.load()
     train_ids, _ = _split(lm, cmd.eval_tokens)
     lens = TunedLens.from_model(lm, mid=cmd.mid, bias=cmd.bias)
-    history = train(lm, lens, train_ids, cfg, out_dir=cmd.out, progress=cmd.progress)
+    history = train(lm, lens, train_ids, cfg, out_dir=cmd.out, progress=cmd.progress, overwrite=cmd.overwrite)
     print(json.dumps({"out": cmd.out, "steps": len(history["loss"]), "tokens": history["tokens"],
                       "train_seconds": round(history["seconds"], 1), "first_loss": history["loss"][0],
                       "last_loss": history["loss"][-1], "compute": history.get("compute")}))
@@ -67,10 +73,16 @@ def eval_main(args) -> int:
     from ..tuned.evaluate import evaluate
     from ..tuned.lens import TunedLens
 
+    from ..tuned.lens import read_config
+
     cmd = from_args(EvalCommand, args)
-    check_output_dir("out", cmd.out or cmd.lens)
+    for name in ("eval_tokens", "tokens", "seq_len"):
+        if getattr(cmd, name) < 1:
+            raise ValueError(f"{name}: expected >= 1, got {getattr(cmd, name)}")
+    read_config(cmd.lens, "lens")  # the lens folder exists and its config reads, before the model loads
+    check_output_dir("out", cmd.out or cmd.lens, "tuned")
     lm = cmd.load()
-    lens = TunedLens.load(cmd.lens, lm)
+    lens = TunedLens.load(cmd.lens, lm, check_unembed=not cmd.ignore_unembed_hash)
     _, held_out = _split(lm, cmd.eval_tokens)
     ids = held_out[:cmd.tokens]
     rows = evaluate(lm, lens, ids, seq_len=cmd.seq_len, backend=cmd.backend, progress=cmd.progress)

@@ -3,13 +3,16 @@
 Used by `fusedlens run` (per-rank sums and the corpus position) and tuned-lens training
 (optimizer, scheduler, stream position). A fingerprint is a dict; resuming with another
 one names the fields that differ. An unreadable file (a kill mid-copy, a full disk) is a
-clear error naming the file, never a torch traceback.
+clear error naming the file, never a torch traceback. A state file is tensors, numbers, strings and
+plain containers only, and is loaded as such (weights_only): a crafted one cannot run code.
 """
 from __future__ import annotations
 
 import os
 
 import torch
+
+from .files import load_torch
 
 
 class StateFile:
@@ -24,10 +27,9 @@ class StateFile:
         if not self.exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception as err:  # truncated zip, not a torch file, ...
-            raise ValueError(f"checkpoint: {self.path} cannot be read ({type(err).__name__}: {str(err)[:120]}); "
-                             "delete it to start the run over, or restore it from a copy") from None
+            state = load_torch("checkpoint", self.path)  # weights_only: a crafted file cannot run code
+        except ValueError as err:
+            raise ValueError(f"{err}; delete it to start the run over, or restore it from a copy") from None
         saved = state.get("fingerprint") if isinstance(state, dict) else None
         if saved != self.fingerprint:
             saved = saved if isinstance(saved, dict) else {}

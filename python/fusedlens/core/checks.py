@@ -46,18 +46,69 @@ def check_same_width(name: str, t: torch.Tensor, width: int, what: str) -> None:
         raise ValueError(f"{name}: last dimension {t.shape[-1]} does not match {what} ({width})")
 
 
-def check_output_dir(name: str, path: str) -> str:
+OWNER_FILE = ".fusedlens-command"  # which command's results a folder holds
+_created: list[str] = []  # folders check_output_dir made in this process, outermost first
+_stamped: list[str] = []  # stamps it wrote
+
+
+def check_output_dir(name: str, path: str, command: str | None = None) -> str:
     """A folder results can be written to: created if missing; a file there, or a folder that
-    cannot be written, is an error before any work starts (not a traceback at the end)."""
+    cannot be written, is an error before any work starts (not a traceback at the end).
+
+    command: the command writing there. The folder is stamped with it, and a folder stamped by
+    another command is refused, so that no command overwrites (or mixes its files with) another's.
+    Folders this makes are removed again by `remove_unused_output_dirs` if the command fails.
+    """
     import os
     import tempfile
 
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{name}: expected a folder path, got {path!r}")
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{name}: {path} is a file, not a folder")
+    owner_file = os.path.join(path, OWNER_FILE)
+    if command is not None and os.path.isfile(owner_file):
+        try:
+            with open(owner_file, encoding="utf-8") as f:
+                owner = f.read().strip()
+        except (OSError, UnicodeDecodeError):
+            owner = "?"
+        if owner != command:
+            raise ValueError(f"{name}: {path} holds the results of `fusedlens {owner}`; `fusedlens {command}` "
+                             "would overwrite them: choose another folder")
+    missing, p = [], os.path.abspath(path)
+    while not os.path.exists(p):
+        missing.append(p)
+        p = os.path.dirname(p)
     try:
         os.makedirs(path, exist_ok=True)
+        _created.extend(reversed(missing))
         with tempfile.NamedTemporaryFile(dir=path, prefix=".fusedlens-write-check-"):
             pass
+        if command is not None and not os.path.isfile(owner_file):
+            with open(owner_file, "w", encoding="utf-8") as f:
+                f.write(command + "\n")
+            _stamped.append(owner_file)
     except OSError as err:
         raise ValueError(f"{name}: {path} cannot be written to ({err.strerror or err})") from None
     return path
+
+
+def remove_unused_output_dirs() -> None:
+    """After a command failed: remove the stamps and the folders check_output_dir made that hold
+    nothing else (a failed command leaves no empty output folder behind)."""
+    import os
+
+    for stamp in _stamped:
+        try:
+            if os.listdir(os.path.dirname(stamp)) == [OWNER_FILE]:
+                os.remove(stamp)
+        except OSError:
+            pass
+    for path in reversed(_created):
+        try:
+            os.rmdir(path)  # only if empty
+        except OSError:
+            pass
+    _created.clear()
+    _stamped.clear()

@@ -225,6 +225,12 @@ class LensModel:
         if self.context_length is not None and seq_len > self.context_length:
             raise ValueError(f"seq_len: {seq_len} is longer than the model's context of {self.context_length} tokens")
 
+    def check_window(self, length: int, name: str = "seq_len") -> None:
+        """A forward of `length` tokens must fit the model's context (past it, positions have no meaning)."""
+        if self.context_length is not None and length > self.context_length:
+            raise ValueError(f"{name}: windows of {length} tokens are longer than the model's context of "
+                             f"{self.context_length} tokens; lower --{name.replace('_', '-')}")
+
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         """Residual [..., d_model] → logits [..., vocab], as the model's own head computes them."""
         return self.unembed(self.norm(h))
@@ -262,6 +268,32 @@ def _looks_like_a_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith(("./", "../", "~")) or name.endswith(".gguf") or name.count("/") > 1
 
 
+def check_model_path(name_or_path, gguf_file: str | None = None) -> None:
+    """What can be told of --model before loading it: a path must be a .gguf file or a model folder (its
+    config.json, or the --gguf-file inside it); anything else is a ValueError naming --model."""
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ValueError(f"model: expected an HF name, a folder or a .gguf file, got {name_or_path!r}")
+    if gguf_file is not None and (not isinstance(gguf_file, str) or not gguf_file.endswith(".gguf")):
+        raise ValueError(f"gguf_file: expected a file name ending in .gguf, got {gguf_file!r}")
+    if not (_looks_like_a_path(name_or_path) or os.path.exists(name_or_path)):
+        return  # a hub id: only loading can tell
+    if not os.path.exists(name_or_path):
+        raise ValueError(f"model: {name_or_path} does not exist (a local folder or .gguf file was meant; "
+                         "hub names look like 'owner/name')")
+    if os.path.isfile(name_or_path):
+        if not name_or_path.endswith(".gguf") or gguf_file is not None:
+            raise ValueError(f"model: {name_or_path} is a file but not a .gguf model; give a model folder (with "
+                             "config.json) or a .gguf file")
+        return
+    if gguf_file is not None:
+        if not os.path.isfile(os.path.join(name_or_path, gguf_file)):
+            raise ValueError(f"gguf_file: {gguf_file} not found in {name_or_path}")
+    elif not os.path.isfile(os.path.join(name_or_path, "config.json")):
+        ggufs = sorted(f for f in os.listdir(name_or_path) if f.endswith(".gguf"))
+        raise ValueError(f"model: {name_or_path} holds no model (no config.json)"
+                         + (f"; pick a GGUF file with --gguf-file {ggufs[0]}" if ggufs else ""))
+
+
 def load_model(name_or_path: str | None = None, *, gguf_file: str | None = None, dtype=torch.float32,
                device: str | torch.device = "cpu", **adapter_kwargs) -> LensModel:
     """Load an HF causal LM (hub name, folder, or GGUF file) and wrap it. None → the embedded SmolLM2."""
@@ -270,17 +302,20 @@ def load_model(name_or_path: str | None = None, *, gguf_file: str | None = None,
 
     if name_or_path is None:
         name_or_path, gguf_file = default_model_file()
-    elif _looks_like_a_path(str(name_or_path)) and not os.path.exists(name_or_path):
-        raise ValueError(f"model: {name_or_path} does not exist (a local folder or .gguf file was meant; "
-                         "hub names look like 'owner/name')")
-    elif gguf_file is None and str(name_or_path).endswith(".gguf"):
-        name_or_path, gguf_file = os.path.split(os.path.abspath(name_or_path))
+    else:
+        check_model_path(name_or_path, gguf_file)
+        if gguf_file is None and str(name_or_path).endswith(".gguf"):
+            name_or_path, gguf_file = os.path.split(os.path.abspath(name_or_path))
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs)
+    except (OSError, ValueError, KeyError) as err:  # not a model, an unknown architecture, no hub here
+        why = " ".join(str(err).split())[:200]
+        raise ValueError(f"model: {name_or_path}{' / ' + gguf_file if gguf_file else ''} cannot be loaded as a causal "
+                         f"LM with its tokenizer ({type(err).__name__}: {why})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     model.to(device).eval()

@@ -2,8 +2,6 @@
 with a mask → 1-D sequences of real tokens, each cut into pieces of at most seq_len."""
 from __future__ import annotations
 
-import json
-
 import torch
 
 from ..core.checks import check_ids
@@ -66,23 +64,3 @@ def _id_rows(lm, ids: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Ten
             raise ValueError(f"attention_mask: row {b} has padding between real tokens (pad on one side only)")
         rows.append(row[real])
     return rows
-
-
-def read_jsonl(path: str, keys: tuple[str, ...]) -> list[dict]:
-    """A JSONL file of objects, each with `keys` (a clear error naming the line otherwise); blank lines skipped."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {i}: not JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or not all(k in obj for k in keys):
-                raise ValueError(f"{path} line {i}: expected an object with {', '.join(keys)}")
-            obj["_where"] = f"{path} line {i}"
-            out.append(obj)
-    if not out:
-        raise ValueError(f"{path}: no lines")
-    return out

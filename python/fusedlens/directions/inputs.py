@@ -14,11 +14,12 @@ tokens, as for probe target files.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import torch
 
-from ..data.prompts import read_jsonl
+from ..core.files import read_jsonl
 from ..data.windows import tokenize
 from ..probe.user_targets import token_offsets
 
@@ -33,13 +34,8 @@ class Item:
 
 
 def _records(name: str, source, keys: tuple[str, ...]) -> list:
-    if isinstance(source, str):
-        try:
-            return read_jsonl(source, keys)
-        except OSError as err:
-            raise ValueError(f"{name}: cannot read {source} ({err.strerror or err})") from None
-        except ValueError as err:
-            raise ValueError(f"{name}: {err}") from None
+    if isinstance(source, str):  # later messages name the argument too: "labeled: FILE line 3: ..."
+        return [dict(r, _where=f"{name}: {r['_where']}") for r in read_jsonl(name, source, keys)]
     if not isinstance(source, (list, tuple)) or not source:
         raise ValueError(f"{name}: expected a JSONL path or a non-empty list of records")
     return [dict(r, _where=f"{name} record {i}") if isinstance(r, dict) else r for i, r in enumerate(source)]
@@ -57,13 +53,16 @@ def _item(tokenizer, rec, where: str, position: str) -> Item:
                 and 0 <= span[0] < span[1] <= len(text)):
             raise ValueError(f"{where}: position 'span' needs \"span\": [start, end) within the text's "
                              f"{len(text)} characters, got {span!r}")
+    elif span is not None:
+        raise ValueError(f"{where}: has a \"span\" but position is {position!r} (use position 'span')")
+    if tokenizer is None:  # read_pairs' check before a model loads
+        return None
+    if position == "span":
         ids, offsets = token_offsets(tokenizer, text, where)
         select = torch.tensor([s < span[1] and e > span[0] for s, e in offsets], dtype=torch.bool)
         if not bool(select.any()):
             raise ValueError(f"{where}: span [{span[0]}, {span[1]}) covers no token")
         return Item(ids, select, where)
-    if span is not None:
-        raise ValueError(f"{where}: has a \"span\" but position is {position!r} (use position 'span')")
     ids = tokenize(tokenizer, text)
     if ids.numel() == 0:
         raise ValueError(f"{where}: the text has no tokens")
@@ -72,17 +71,38 @@ def _item(tokenizer, rec, where: str, position: str) -> Item:
     return Item(ids, select, where)
 
 
+def _label(value, where: str, key: str) -> tuple:
+    """A label's class key: its JSON type (boolean < number < string) and value, so true, 1 and "1" differ."""
+    if isinstance(value, bool):
+        return 0, value
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return 1, value  # 1 and 1.0 are one JSON number
+    if isinstance(value, str):
+        return 2, value
+    raise ValueError(f"{where}: \"{key}\" must be a string, a number or a boolean, got {value!r}")
+
+
+def _named(positive, keys: list, by_key: dict) -> list:
+    """The label keys `positive` names: a command-line text names a label by its JSON (1, true, "yes") or, for
+    a string label, by its bare text; any other value by JSON type and value."""
+    if not isinstance(positive, str):
+        key = _label(positive, "positive", "positive")
+        return [key] if key in keys else []
+    return [k for k in keys if positive == json.dumps(by_key[k]) or (isinstance(by_key[k], str) and positive == by_key[k])]
+
+
 def _where(rec, default: str) -> str:
     return rec.get("_where", default) if isinstance(rec, dict) else default
 
 
 def read_pairs(tokenizer, *, pos=None, neg=None, pairs=None, labeled=None, label_key: str = "label",
                positive=None, position: str = "last") -> tuple[list[tuple[Item, Item]], dict]:
-    """→ [(positive item, negative item)] and a description of the source (which class is positive)."""
+    """→ [(positive item, negative item)] and a description of the source (which class is positive).
+
+    tokenizer=None checks everything but the tokens (files, JSON, labels, spans, counts), as the
+    command line does before the model loads; the items are then None."""
     if position not in POSITIONS:
         raise ValueError(f"position: expected one of {POSITIONS}, got {position!r}")
-    if tokenizer is None:
-        raise ValueError("lm: reading texts needs a model with a tokenizer")
     given = [n for n, v in (("pos/neg", pos if pos is not None else neg), ("pairs", pairs), ("labeled", labeled))
              if v is not None]
     if len(given) != 1:
@@ -103,19 +123,28 @@ def read_pairs(tokenizer, *, pos=None, neg=None, pairs=None, labeled=None, label
         for i, r in enumerate(recs):
             if not isinstance(r, dict) or label_key not in r:
                 raise ValueError(f"labeled: record {i}: expected a \"{label_key}\" field")
-        classes = sorted({r[label_key] for r in recs}, key=str)
-        if len(classes) != 2:
-            raise ValueError(f"labeled: expected two classes in \"{label_key}\", found {len(classes)}: {classes}")
+            _label(r[label_key], _where(r, f"labeled record {i}"), label_key)
+        # labels are compared by JSON type and value: true and 1, or "1" and 1, are different classes
+        by_key = {_label(r[label_key], "", label_key): r[label_key] for r in recs}
+        keys = sorted(by_key)
+        if len(keys) != 2:
+            raise ValueError(f"labeled: expected two classes in \"{label_key}\", found {len(keys)}: "
+                             f"{', '.join(json.dumps(by_key[k]) for k in keys)}")
         if positive is None:
-            positive = classes[1]  # 0/1, false/true, neg/pos, negative/positive: the second in order
-        elif positive not in classes:  # the command line gives text: "1" or "true" names the JSON label 1 / true
-            named = [c for c in classes if str(positive) in (str(c), json.dumps(c))]
-            if len(named) != 1:
-                raise ValueError(f"positive: {positive!r} is not one of the labels {classes}")
-            positive = named[0]
-        negative = classes[0] if classes[1] == positive else classes[1]
-        pos = [r for r in recs if r[label_key] == positive]
-        neg = [r for r in recs if r[label_key] == negative]
+            pos_key = keys[1]  # 0/1, false/true, neg/pos, negative/positive: the second in order
+        else:
+            named = _named(positive, keys, by_key)
+            shown = ", ".join(json.dumps(by_key[k]) for k in keys)
+            if not named:
+                raise ValueError(f"positive: {positive!r} is not one of the labels {shown}")
+            if len(named) > 1:  # "1" is the string label "1" and the JSON of the number 1
+                raise ValueError(f"positive: {positive!r} names both labels {shown}; write the string one as JSON "
+                                 f"({json.dumps(json.dumps(positive))})")
+            pos_key = named[0]
+        neg_key = keys[0] if keys[1] == pos_key else keys[1]
+        positive, negative = by_key[pos_key], by_key[neg_key]
+        pos = [r for r in recs if _label(r[label_key], "", label_key) == pos_key]
+        neg = [r for r in recs if _label(r[label_key], "", label_key) == neg_key]
         names = (f"labeled ({label_key}={positive!r})", f"labeled ({label_key}={negative!r})")
         info.update(source="labeled", file=labeled if isinstance(labeled, str) else None,
                     positive=positive, negative=negative)

@@ -12,6 +12,7 @@ import torch
 from ..core.capture import ResidualCapture
 from ..data.windows import tokenize
 from .solve import KINDS, accuracy, auroc
+from ..core.files import load_torch
 
 FORMAT = "fusedlens.directions/1"
 
@@ -96,7 +97,7 @@ class DirectionsResult:
     @classmethod
     def load(cls, path: str) -> "DirectionsResult":
         """From a directions.pt (the vectors and means; facts and scores are in the JSON beside it)."""
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch("path", path)
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise ValueError(f"path: {path} is not a {FORMAT} file")
         return cls(obj["model"], obj["sites"], obj["vectors"], obj["mean_pos"], obj["mean_neg"], obj["lda_ridge"],

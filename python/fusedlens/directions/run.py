@@ -88,9 +88,14 @@ def directions(lm: LensModel | None = None, *, pos=None, neg=None, pairs=None, l
     lda_ridge = check_ridge(lda_ridge)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    items, _ = read_pairs(None, pos=pos, neg=neg, pairs=pairs, labeled=labeled, label_key=label_key,
+                          positive=positive, position=position)  # every file checked before the model loads
+    split(len(items), heldout, seed)
     lm = lm or load_model()
     if not isinstance(lm, LensModel):
         raise ValueError(f"lm: expected a LensModel, got {type(lm).__name__}")
+    if lm.tokenizer is None:
+        raise ValueError("lm: reading texts needs a model with a tokenizer")
     items, info = read_pairs(lm.tokenizer, pos=pos, neg=neg, pairs=pairs, labeled=labeled, label_key=label_key,
                              positive=positive, position=position)
     limit = getattr(lm, "context_length", None)

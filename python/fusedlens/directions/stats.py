@@ -16,6 +16,7 @@ import torch
 
 from ..core.checks import check_tensor
 from ..probe.accumulator import RidgeAccumulator
+from ..core.files import load_torch
 
 PARTS = ("pos", "neg", "pairs")
 
@@ -107,7 +108,7 @@ class ClassStats:
 
     @classmethod
     def load(cls, path: str, *, backend: str | None = None) -> "ClassStats":
-        return cls.from_state(torch.load(path, map_location="cpu", weights_only=True), backend=backend)
+        return cls.from_state(load_torch("path", path), backend=backend)
 
     def site(self, s: int) -> SiteStats:
         for p in ("pos", "neg"):

@@ -26,7 +26,7 @@ _NEEDS = {"embed": "embed", "bias": "embed", "attn": "attn", "mlp": "mlp", "head
           "neuron": "neuron", "mlp_bias": "neuron"}
 
 
-def _parse_components(components) -> tuple[set, list]:
+def parse_components(components) -> tuple[set, list]:
     """components → (kinds captured, specific names, validated once the head and neuron counts are known)."""
     if isinstance(components, str):
         components = [components]
@@ -90,7 +90,7 @@ def dla(lm: LensModel, prompts, components=("attn", "mlp", "head"), *, answer=No
     """
     if not isinstance(lm, LensModel):
         raise ValueError(f"lm: expected a LensModel, got {type(lm).__name__}")
-    kinds, names = _parse_components(components)
+    kinds, names = parse_components(components)
     if k:
         k = check_k(k, lm.vocab_size)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -104,6 +104,10 @@ def dla(lm: LensModel, prompts, components=("attn", "mlp", "head"), *, answer=No
     counters = _per_prompt(lm, "counterfactual", counterfactual, len(seqs))
     if counters is not None and answers is None:
         raise ValueError("counterfactual: needs an answer")
+    same = [j for j, (a, c) in enumerate(zip(answers or [], counters or [])) if a == c]
+    if same:  # answer − counterfactual would be 0 for every component
+        raise ValueError(f"counterfactual: the same token as the answer ({answers[same[0]]}) for prompt {same[0]}; "
+                         "give a different token")
     extra = [one_token(lm, "tokens", t) for t in (tokens or [])]
     sources = [sources] if isinstance(sources, str) else list(sources)
     if any(not isinstance(n, str) or not n.startswith("head.") for n in sources):

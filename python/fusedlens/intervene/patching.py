@@ -114,10 +114,14 @@ def patch(lm: LensModel, clean, corrupted, answer, counterfactual=None, *, kinds
         raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
     if metric == "logit_diff" and counterfactual is None:
         raise ValueError("metric: logit_diff needs a counterfactual token")
+    if counterfactual is not None and counterfactual == answer:
+        raise ValueError(f"counterfactual: {counterfactual!r} is the answer; the logit difference would be 0")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     a = one_token(lm, "answer", answer)
     b = None if counterfactual is None else one_token(lm, "counterfactual", counterfactual)
+    if a == b:
+        raise ValueError(f"counterfactual: the same token as the answer ({a}); the logit difference would be 0")
     clean_ids, bad_ids = _ids(lm, "clean", clean), _ids(lm, "corrupted", corrupted)
     if position_map is None:
         if clean_ids.numel() != bad_ids.numel():
@@ -138,6 +142,9 @@ def patch(lm: LensModel, clean, corrupted, answer, counterfactual=None, *, kinds
         return metric_of(_logits(lm, ids, edits)[:, -1], metric, a, b).cpu()
 
     m_clean, m_bad = float(forward(clean_ids[None])), float(forward(bad_ids[None]))
+    if m_clean == m_bad:  # restored = (patched - corrupted) / 0 in every cell: no grid is worth its forwards
+        raise ValueError(f"clean, corrupted: the {metric} is {m_clean:.6g} on both runs, so no patch can restore "
+                         "anything; choose a corrupted prompt that changes the answer")
     states = clean_states(lm, clean_ids, kinds)
     heads = None
     cells = []  # (kind, grid index, site, corrupted position, clean position)
@@ -198,8 +205,12 @@ def knockout(lm: LensModel, prompt, answer, counterfactual=None, *, keys, querie
         raise ValueError(f"metric: expected one of {METRICS} (logit_diff needs a counterfactual), got {metric!r}")
     if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= lm.n_layers:
         raise ValueError(f"window: expected an int in [1, {lm.n_layers}], got {window!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     a = one_token(lm, "answer", answer)
     b = None if counterfactual is None else one_token(lm, "counterfactual", counterfactual)
+    if a == b:
+        raise ValueError(f"counterfactual: the same token as the answer ({a}); the logit difference would be 0")
     ids = _ids(lm, "prompt", prompt)
     n = ids.numel()
 
@@ -211,18 +222,38 @@ def knockout(lm: LensModel, prompt, answer, counterfactual=None, *, keys, querie
         return sorted({p % n for p in out})
 
     keys, queries = positions("keys", keys), positions("queries", queries)
+    if not keys or not queries:
+        raise ValueError(f"{'keys' if not keys else 'queries'}: no position given")
+    check_causal_edges(keys, queries)
     windows = [(s, min(s + window, lm.n_layers) - 1) for s in range(0, lm.n_layers - window + 1)]
-    run = lambda batch, edits: metric_of(  # noqa: E731
-        _logits(lm, batch, edits)[:, -1], metric, a, b).cpu()
-    base = float(run(ids[None], []))
+    # The baseline is one more row of the first batch, uncut: the same (eager) attention path and the
+    # same batch as the windows, so a cut that changes nothing reports a drop of exactly 0.
+    rows = [None] + windows
     values = []
-    for first in range(0, len(windows), batch_size):
-        group = windows[first:first + batch_size]
+    for first in range(0, len(rows), batch_size):
+        group = rows[first:first + batch_size]
         edits = [Edit(f"attn.{layer}", "knockout", keys, rows=[j], positions=queries)
-                 for j, (lo, hi) in enumerate(group) for layer in range(lo, hi + 1)]
-        values.append(run(ids[None].expand(len(group), -1), edits))
+                 for j, w in enumerate(group) if w is not None for layer in range(w[0], w[1] + 1)]
+        if not edits:  # a batch of the baseline alone (batch_size 1): an empty cut keeps it on the eager path
+            edits = [Edit("attn.0", "knockout", [], rows=[0], positions=queries)]
+        values.append(metric_of(_logits(lm, ids[None].expand(len(group), -1), edits)[:, -1], metric, a, b).cpu())
     values = torch.cat(values)
+    base, values = float(values[0]), values[1:]
     return KnockoutResult(windows, queries, keys, metric, base, values, base - values)
+
+
+def check_causal_edges(keys: list[int], queries: list[int]) -> None:
+    """Non-negative key and query positions of a knockout in a causal model: a key after every query is an
+    edge the model never has (its cut would change nothing), and cutting every key a query sees leaves
+    its softmax over masked scores alone (attention spread over all positions, the future included)."""
+    late = [k for k in keys if k > max(queries)]
+    if late:
+        raise ValueError(f"knockout_keys: positions {late} come after every query position {queries}; a causal "
+                         "model has no such edges (keys must precede or equal a query)")
+    for q in queries:
+        if all(k in keys for k in range(q + 1)):
+            raise ValueError(f"knockout_keys: cut every key of query position {q} (0-{q}); leave it at least "
+                             "one key, e.g. itself")
 
 
 def _logits(lm: LensModel, ids: torch.Tensor, edits) -> torch.Tensor:

@@ -94,7 +94,8 @@ def patchscope(lm: LensModel, source: str, *, source_position: int = -1, layers=
     source_position written into T's resid.ℓ* at target_position (ℓ* = ℓ unless target_layer).
 
     target: "identity", "description" (TARGETS) or a prompt; target_position: default the last
-    token that is a "?" placeholder (else the last token).
+    token that is a "?" placeholder (a prompt without one needs an explicit target_position).
+    The target prompt plus the n_tokens generated must fit M*'s context.
 
     target_lm: M* (default lm); its width must match unless `mapping` (a callable, or a [d*, d] matrix,
     or a (matrix, bias) pair) maps M's residual into M*'s."""
@@ -120,7 +121,16 @@ def patchscope(lm: LensModel, source: str, *, source_position: int = -1, layers=
     tgt = torch.tensor(target_lm.tokenizer(target)["input_ids"])
     if target_position is None:
         marks = [p for p in range(tgt.numel()) if target_lm.tokenizer.decode([int(tgt[p])]).strip() == "?"]
-        target_position = marks[-1] if marks else -1
+        if not marks:
+            raise ValueError("target: the target prompt has no '?' placeholder token; put a '?' where the state is "
+                             "written, or give a target position (--target-position)")
+        target_position = marks[-1]
+    for name, ids, model, extra in (("source", src, lm, 0), ("target", tgt, target_lm, n_tokens)):
+        context = model.context_length
+        if context is not None and ids.numel() + extra > context:
+            raise ValueError(f"{'n_tokens' if extra else name}: {ids.numel()} {name} tokens"
+                             + (f" + {extra} generated" if extra else "")
+                             + f" exceed the model's context of {context} tokens")
     i, j = _position("source_position", source_position, src.numel()), _position("target_position", target_position,
                                                                                   tgt.numel())
     layers = list(range(lm.n_layers)) if layers is None else [int(x) for x in layers]

@@ -22,6 +22,7 @@ import torch
 from ..core.backends import pick_backend
 from ..core.checks import check_tensor
 from ..ops.ridge_gram import FP32_ROUNDOFF, FP64_ROUNDOFF, ridge_gram
+from ..core.files import load_torch
 
 
 def _symmetric(upper: torch.Tensor) -> torch.Tensor:
@@ -178,7 +179,7 @@ class RidgeAccumulator:
 
     @classmethod
     def load(cls, path: str, *, backend: str | None = None) -> "RidgeAccumulator":
-        return cls.from_state(torch.load(path, map_location="cpu", weights_only=True), backend=backend)
+        return cls.from_state(load_torch("path", path), backend=backend)
 
     def all_reduce(self, group=None) -> "RidgeAccumulator":
         """Sum the statistics over a torch.distributed group, in place on every rank.

@@ -28,7 +28,7 @@ from .folds import Folds
 from .rows import check_lags, lagged, parse_positions, position_mask
 from .solve import DEFAULT_ALPHAS, check_alphas, default_rcond, weights_at
 from .targets import TargetMaker
-from .user_targets import TargetFile, read_target_file
+from .user_targets import ParsedTargets, TargetFile, parse_target_file, read_target_file
 
 
 @dataclass
@@ -146,7 +146,7 @@ class _Columns:
 
 def probe(lm: LensModel | None = None, corpus=None, *, train_tokens: int = 24_000, heldout_tokens: int = 8_000,
           seq_len: int = 512, layers=None, embed: bool = True, targets=("logit",), extra_targets=None,
-          user_targets: TargetFile | str | None = None, lags=(0,), positions: str | None = None,
+          user_targets: TargetFile | ParsedTargets | str | None = None, lags=(0,), positions: str | None = None,
           where: str | None = None, folds: int = 5, alphas=DEFAULT_ALPHAS, backend: str | None = None,
           progress: bool = True) -> ProbeResult:
     """Fit ridge probes of every (target, lag) on every captured site over train_tokens, report on the next
@@ -172,8 +172,10 @@ def probe(lm: LensModel | None = None, corpus=None, *, train_tokens: int = 24_00
     lags = check_lags(lags)
     ranges = parse_positions(positions)
     t_start = time.perf_counter()
+    if isinstance(user_targets, str):  # checked before the model loads
+        user_targets = parse_target_file(user_targets)
     lm = lm or load_model()
-    if isinstance(user_targets, str):
+    if isinstance(user_targets, ParsedTargets):
         user_targets = read_target_file(user_targets, lm.tokenizer)
     if user_targets is not None:
         if corpus is not None:
@@ -191,6 +193,7 @@ def probe(lm: LensModel | None = None, corpus=None, *, train_tokens: int = 24_00
         file_names, classes = [], {}
     if where is not None and where not in file_names:
         raise ValueError(f"where: expected the name of a target of the target file ({file_names}), got {where!r}")
+    lm.check_window(max(s.ids.numel() for s in seqs))
     longest = max(s.rows for s in seqs)
     if any(abs(k) >= longest for k in lags):
         raise ValueError(f"lags: {lags} leave no rows in sequences of at most {longest} rows")

@@ -106,20 +106,24 @@ class TokenCounts:
                        "counts": {str(int(i)): int(self.counts[i]) for i in seen}}, f)
 
     @classmethod
-    def load(cls, path: str, vocab_size: int | None = None) -> "TokenCounts":
-        with open(path) as f:
-            obj = json.load(f)
-        if not isinstance(obj, dict) or "counts" not in obj:
-            raise ValueError(f"{path}: expected a token-count JSON ({{\"vocab_size\", \"counts\": {{id: count}}}})")
-        n = int(obj.get("vocab_size", vocab_size or 0))
+    def load(cls, path: str, vocab_size: int | None = None, *, name: str = "counts") -> "TokenCounts":
+        """A counts JSON as `save` writes it; every defect is a ValueError naming `name` and the file."""
+        from ..core.files import read_json
+
+        what = '{"vocab_size": n, "counts": {"id": count, ...}}'
+        obj = read_json(name, path, dict, f"token counts {what}")
+        n, entries = obj.get("vocab_size"), obj.get("counts")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 2 ** 24 or not isinstance(entries, dict):
+            raise ValueError(f"{name}: {path} is not a token-counts file: expected {what}")
         if vocab_size is not None and n != vocab_size:
-            raise ValueError(f"{path}: counts for a vocabulary of {n}, the model has {vocab_size}")
+            raise ValueError(f"{name}: {path} counts a vocabulary of {n}, the model has {vocab_size}")
         c = cls(n)
-        for k, v in obj["counts"].items():
-            i = int(k)
-            if not 0 <= i < n or int(v) < 0:
-                raise ValueError(f"{path}: bad entry {k!r}: {v!r}")
-            c.counts[i] = int(v)
+        for k, v in entries.items():
+            if not (k.isascii() and k.isdigit() and int(k) < n) or isinstance(v, bool) or not isinstance(v, int) \
+                    or not 0 <= v < 2 ** 63:
+                raise ValueError(f"{name}: {path}: bad entry {k!r}: {v!r} (expected a token id in [0, {n}) and a "
+                                 "count >= 0)")
+            c.counts[int(k)] = v
         return c
 
 

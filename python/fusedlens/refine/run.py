@@ -17,8 +17,8 @@ from ..core.capture import ResidualCapture
 from ..core.models import LensModel, load_model
 from ..data.windows import corpus_ids, windows
 from .aggregate import RefineSums
-from .classes import class_map
-from ..data.prompts import read_jsonl
+from ..core.files import read_jsonl
+from .classes import class_map, read_class_map
 from .tasks import answer_depths, multiple_choice
 from .frequency import DEFAULT_BUCKETS, TokenCounts, bucket_names, check_buckets
 
@@ -37,8 +37,8 @@ class RefineResult:
 
 def refine(lm: LensModel | None = None, corpus=None, *, tokens: int = 16_384, start: int = 0, seq_len: int = 512,
            buckets=DEFAULT_BUCKETS, counts: TokenCounts | str | None = None, tuned=None,
-           classes=None, answers: str | None = None, choices: str | None = None, backend: str | None = None,
-           progress: bool = True) -> RefineResult:
+           classes=None, answers=None, choices=None, backend: str | None = None,
+           progress: bool = True, check_unembed: bool = True) -> RefineResult:
     """Per site and lens: top-1 share and probability mass per frequency bucket, refine rates, depth to correct.
 
     corpus: text or token ids (default: the pydoc corpus); `tokens` tokens from `start`
@@ -47,13 +47,23 @@ def refine(lm: LensModel | None = None, corpus=None, *, tokens: int = 16_384, st
     the last; tuned: a TunedLens (or its checkpoint folder) read beside the logit lens;
     classes: token classes for depth to correct by class (refine.classes.class_map:
     'function_words', a JSON path, a dict or a callable; None: none); answers, choices:
-    JSONL files of prompts with answers / with options (refine.tasks), read by every lens.
+    JSONL files of prompts with answers / with options (refine.tasks), or their lines as read by
+    core.files.read_jsonl, read by every lens. Files are read before the model loads.
     """
     for name, v, low in (("tokens", tokens, 1), ("seq_len", seq_len, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
+    # files first: a bad one fails before the model loads and the corpus is swept
+    answer_items = read_jsonl("answers", answers, ("prompt", "answer")) if isinstance(answers, str) else answers
+    choice_items = read_jsonl("choices", choices, ("prompt", "options", "answer")) if isinstance(choices, str) \
+        else choices
+    if isinstance(counts, str):
+        counts = TokenCounts.load(counts)
+    if isinstance(classes, str) and classes != "function_words":
+        classes = read_class_map(classes)
     t_start = time.perf_counter()
     lm = lm or load_model()
+    lm.check_window(min(seq_len, tokens) + 1)  # each window repeats the previous one's last token
     bounds = check_buckets(buckets, lm.vocab_size)
     ids = corpus_ids(lm.tokenizer, corpus, None)
     if isinstance(start, bool) or not isinstance(start, int) or not -ids.numel() <= start < ids.numel():
@@ -63,15 +73,13 @@ def refine(lm: LensModel | None = None, corpus=None, *, tokens: int = 16_384, st
         raise ValueError(f"corpus: {ids.numel() - first} tokens from {first}, need {tokens + 1} (tokens + 1)")
     if counts is None:
         counts = TokenCounts(lm.vocab_size).update(ids[1:])
-    elif isinstance(counts, str):
-        counts = TokenCounts.load(counts, lm.vocab_size)
     if counts.vocab_size != lm.vocab_size:
         raise ValueError(f"counts: for a vocabulary of {counts.vocab_size}, the model has {lm.vocab_size}")
     tuned_source = tuned if isinstance(tuned, str) else None
     if isinstance(tuned, str):
         from ..tuned.lens import TunedLens
 
-        tuned = TunedLens.load(tuned, lm)
+        tuned = TunedLens.load(tuned, lm, name="tuned", check_unembed=check_unembed)
     bucket_of = counts.buckets(bounds)
     names = bucket_names(bounds)
     class_of, class_names = (None, []) if classes is None else class_map(classes, lm.tokenizer, lm.vocab_size)
@@ -89,9 +97,7 @@ def refine(lm: LensModel | None = None, corpus=None, *, tokens: int = 16_384, st
             lenses["tuned"].update(tuned.lens_stats(res.hidden, res.targets, 1, backend=backend, token_sets=sets),
                                    res.targets)
     tasks = {}
-    if answers or choices:
-        answer_items = read_jsonl(answers, ("prompt", "answer")) if answers else None
-        choice_items = read_jsonl(choices, ("prompt", "options", "answer")) if choices else None
+    if answer_items or choice_items:
         readers = {"logit": None}
         if tuned is not None:
             readers["tuned"] = lambda h, t, token_sets=None: tuned.lens_stats(h, t, 1, backend=backend,

@@ -45,6 +45,7 @@ class RunConfig(ModelOptions):
     mid: bool = option(False, "also decode the mid-layer sites (between attention and MLP)")
     embed: bool = option(True, "do not decode the embedding site")
     tuned: str | None = option(None, "decode through a tuned-lens checkpoint folder instead of the logit lens")
+    ignore_unembed_hash: bool = option(False, "read a tuned lens trained for another unembedding (its unembed_hash differs)")
     probes: list[str] = option([], "ridge probe target (repeatable): logit (of the correct next token), logprob, "
                                    "entropy, loss", flag="--probe")
     probe_lags: list[int] = option([0], "lag K of the probes (repeatable): x_t against the target of position t+K "
@@ -67,7 +68,8 @@ class RunConfig(ModelOptions):
 
     def fingerprint(self) -> dict:
         """What must match for a checkpoint to be resumed (not the output or progress options)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "progress", "prompt", "checkpoint_every")}
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "progress", "prompt", "checkpoint_every",
+                                                                    "ignore_unembed_hash")}
 
 
 class Timers:
@@ -108,9 +110,22 @@ def run(cfg: RunConfig, lm=None) -> dict:
         raise ValueError(f"max_tokens: need at least 2, got {cfg.max_tokens}")
     if not cfg.corpus:
         raise ValueError("corpus: no source given")
-    check_output_dir("out", cfg.out)  # before the model loads: a bad --out fails in a second, not at the end
+    if cfg.k < 1:
+        raise ValueError(f"k: expected >= 1, got {cfg.k}")
+    if cfg.refine:  # files and flags before the model loads: a bad one fails in a second, not after the load
+        from ..refine.frequency import TokenCounts, parse_buckets
+
+        TokenCounts.load(cfg.refine, name="refine")
+        parse_buckets(cfg.buckets)
+    if cfg.tuned:
+        from ..tuned.lens import read_config
+
+        read_config(cfg.tuned, "tuned")
+    check_output_dir("out", cfg.out, "run")
     fingerprint = {**cfg.fingerprint(), "corpus_content": corpus_fingerprint(cfg.corpus)}
     rank, world = _distributed()
+    ckpt = StateFile(os.path.join(cfg.out, "checkpoint", f"rank{rank}.pt"), fingerprint)
+    state = ckpt.load() or {}  # a checkpoint of another run, or a damaged or crafted one, fails before the load
     t_start = time.perf_counter()
     lm = lm or load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=getattr(torch, cfg.dtype))
     lm.check_seq_len(cfg.seq_len)
@@ -123,8 +138,6 @@ def run(cfg: RunConfig, lm=None) -> dict:
     refine = CorpusRefine(lm, capture.sites, cfg.token_counts, cfg.refine, cfg.buckets) \
         if cfg.token_counts or cfg.refine else None
     dla = CorpusDLA(lm) if cfg.dla else None
-    ckpt = StateFile(os.path.join(cfg.out, "checkpoint", f"rank{rank}.pt"), fingerprint)
-    state = ckpt.load() or {}
     agg = LensAggregate.from_state_dict(state["lens"]) if "lens" in state else LensAggregate(capture.sites, lm.vocab_size)
     if probes is not None and "probes" in state:
         probes.load_state_dict(state["probes"])
@@ -222,7 +235,7 @@ def _tuned_lens(cfg: RunConfig, lm, sites: list[str]):
         return None
     from ..tuned.lens import TunedLens
 
-    apply = TunedLens.load(cfg.tuned, lm).as_site_map()
+    apply = TunedLens.load(cfg.tuned, lm, name="tuned", check_unembed=not cfg.ignore_unembed_hash).as_site_map()
     return lambda hidden: apply(hidden, sites)
 
 

@@ -18,7 +18,7 @@ class CorpusRefine:
         if counts_path:
             bounds = check_buckets(parse_buckets(buckets), lm.vocab_size)
             self.names = bucket_names(bounds)
-            buckets_of = TokenCounts.load(counts_path, lm.vocab_size).buckets(bounds)
+            buckets_of = TokenCounts.load(counts_path, lm.vocab_size, name="refine").buckets(bounds)
             self.sums = RefineSums(len(sites), buckets_of, len(self.names))
 
     @property

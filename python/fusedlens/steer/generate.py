@@ -90,6 +90,9 @@ def generate(lm: LensModel, prompt, vector: torch.Tensor, site: str, coef: float
     check_sampling(n_tokens, temperature, top_p)
     edit = steer_edit(lm, v, site, coef, positions=positions)
     check_fits(v, positions, ids.numel())
+    if lm.context_length is not None and ids.numel() + n_tokens > lm.context_length:
+        raise ValueError(f"n_tokens: {ids.numel()} prompt tokens + {n_tokens} generated exceed the model's context of "
+                         f"{lm.context_length} tokens")
     kw = dict(temperature=temperature, top_p=top_p)
     plain = generate_with(lm, ids, [], n_tokens, sample=generator(seed) if sample else None, **kw)
     steered = generate_with(lm, ids, [edit], n_tokens, sample=generator(seed) if sample else None, **kw)

@@ -133,6 +133,7 @@ def scan(lm: LensModel, vector, sites, coefs, *, corpus=None, eval_tokens: int =
     read_dir = unit(vecs[read_site])
     ids = eval_ids(lm, corpus, eval_tokens)
     wins = windows(ids, seq_len, overlap=1)  # every token but the last is predicted inside its window
+    lm.check_window(max(w.numel() for w in wins))
     cells = [None] + [(s, c) for s in sites for c in coefs]  # cell 0: the unsteered baseline
     nll = torch.zeros(len(cells), dtype=torch.float64)
     n_pred = torch.zeros(len(cells), dtype=torch.float64)

@@ -89,6 +89,7 @@ def load_tensor(path: str, lm: LensModel | None = None) -> torch.Tensor:
     obj = _load(path, "vector_file")
     if not isinstance(obj, torch.Tensor):
         raise ValueError(f"vector_file: {path} holds a {type(obj).__name__}, not a tensor")
+    check_tensor("vector_file", obj, ndim=(1, 2), floating=True)
     return check_vector(lm, obj, "vector_file") if lm is not None else obj.to(torch.float64)
 
 
@@ -97,12 +98,19 @@ def load_directions(path: str, kind: str, site: str, lm: LensModel | None = None
     obj = _load(path, "directions")
     if not isinstance(obj, dict) or obj.get("format") != DIRECTIONS_FORMAT:
         raise ValueError(f"directions: {path} is not a {DIRECTIONS_FORMAT} file")
-    if kind not in obj.get("vectors", {}):
-        raise ValueError(f"kind: {kind!r} is not one of {sorted(obj.get('vectors', {}))}")
-    sites = list(obj["sites"])
+    vectors, sites = obj.get("vectors"), obj.get("sites")
+    if not isinstance(vectors, dict) or not isinstance(sites, list) or not all(isinstance(s, str) for s in sites):
+        raise ValueError(f"directions: {path} has no vectors per site (a damaged {DIRECTIONS_FORMAT} file)")
+    if kind not in vectors:
+        raise ValueError(f"kind: {kind!r} is not one of {sorted(vectors)}")
     if site not in sites:
         raise ValueError(f"site: {site!r} is not in the directions file's sites ({', '.join(sites)})")
-    v = obj["vectors"][kind][sites.index(site)]
+    try:
+        v = vectors[kind][sites.index(site)]
+    except (IndexError, KeyError, TypeError):
+        v = None
+    if not isinstance(v, torch.Tensor):
+        raise ValueError(f"directions: {path} has no {kind} vector at {site} (a damaged {DIRECTIONS_FORMAT} file)")
     return check_vector(lm, v, "directions") if lm is not None else v.to(torch.float64)
 
 
@@ -114,12 +122,9 @@ def directions_sites(path: str) -> list[str]:
 
 
 def _load(path: str, name: str):
-    if not isinstance(path, str) or not os.path.isfile(path):
-        raise ValueError(f"{name}: {path!r} is not a file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a file torch cannot read is bad input, named in one line
-        raise ValueError(f"{name}: {path} is not a torch file ({type(err).__name__})") from None
+    from ..core.files import load_torch
+
+    return load_torch(name, path)
 
 
 def _prompt_ids(lm: LensModel, name: str, text) -> list[int]:

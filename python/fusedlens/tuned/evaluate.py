@@ -29,6 +29,7 @@ def evaluate(lm: LensModel, lens: TunedLens, ids: torch.Tensor, *, seq_len: int 
 
     if ids.dim() != 1 or ids.numel() < 2:
         raise ValueError(f"ids: expected a 1-D tensor of at least 2 token ids, got shape {tuple(ids.shape)}")
+    lm.check_window(min(seq_len, ids.numel()))
     capture = ResidualCapture(lm, embed=True, mid=any(s.startswith("mid.") for s in lens.sites))
     if capture.sites[:-1] != lens.sites:
         raise ValueError(f"lens: its sites do not match the model's hidden states ({capture.sites[:3]}...)")

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..core.files import load_torch, read_json
 from ..core.models import LensModel
 from ..core.readout import FinalNorm, Unembed
 from ..ops.lens_kl import lens_kl
@@ -155,23 +156,72 @@ class TunedLens(nn.Module):
             json.dump(self.config_dict(), f)
 
     @classmethod
-    def load(cls, path: str, lm: LensModel) -> "TunedLens":
-        """A lens saved here or by the tuned-lens package, over lm's read-out."""
+    def load(cls, path: str, lm: LensModel, *, name: str = "lens", check_unembed: bool = True) -> "TunedLens":
+        """A lens saved here or by the tuned-lens package, over lm's read-out.
+
+        Every defect of the folder is a ValueError naming `name` (the argument that gave the path) and
+        the file. The lens must have been trained for this model: its d_model, translator count and,
+        where config.json records one, `unembed_hash` must match (check_unembed=False skips the hash,
+        for a lens knowingly moved to a model with another unembedding).
+        """
+        cfg = read_config(path, name)
         cfg_path, params_path = os.path.join(path, CONFIG_FILE), os.path.join(path, PARAMS_FILE)
-        for p in (cfg_path, params_path):
-            if not os.path.exists(p):
-                raise ValueError(f"path: {p} not found (a tuned lens folder holds {CONFIG_FILE} and {PARAMS_FILE})")
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-        if cfg.get("lens_type", LENS_TYPE) != LENS_TYPE:
-            raise ValueError(f"path: lens_type {cfg['lens_type']!r} is not {LENS_TYPE!r}")
         if cfg.get("d_model") != lm.d_model:
-            raise ValueError(f"path: the lens has d_model {cfg.get('d_model')}, the model {lm.d_model}")
-        sites = cfg.get("fusedlens_sites") or standard_sites(int(cfg["num_hidden_layers"]))
-        if "fusedlens_sites" not in cfg and len(sites) != lm.n_layers:
-            raise ValueError(f"path: the lens has {len(sites)} translators, the model {lm.n_layers} layers")
+            raise ValueError(f"{name}: {cfg_path}: the lens has d_model {cfg.get('d_model')!r}, the model {lm.d_model}")
+        sites = cfg.get("fusedlens_sites")
+        if sites is not None:
+            want = standard_sites(lm.n_layers, mid=any(s.startswith("mid.") for s in sites))
+            if sites != want:
+                raise ValueError(f"{name}: {cfg_path}: sites {sites[:3]}... do not match the model's "
+                                 f"{len(want)} lens sites {want[:3]}...")
+        else:
+            if cfg["num_hidden_layers"] != lm.n_layers:
+                raise ValueError(f"{name}: {cfg_path}: the lens has {cfg['num_hidden_layers']} translators, the model "
+                                 f"{lm.n_layers} layers")
+            sites = standard_sites(lm.n_layers)
+        saved_hash = cfg.get("unembed_hash")
+        if check_unembed and saved_hash is not None and saved_hash != unembed_hash(lm.unembed.weight):
+            raise ValueError(f"{name}: {path} was trained for another model (its unembed_hash differs from this "
+                             "model's unembedding); train a lens for this model, or pass --ignore-unembed-hash "
+                             "if you mean to read it through this one")
         lens = cls(sites, lm.norm, lm.unembed, bias=bool(cfg.get("bias", True)),
-                   base_model=cfg.get("base_model_name_or_path", ""), n_layers=lm.n_layers)
-        state = torch.load(params_path, map_location="cpu", weights_only=True)
+                   base_model=str(cfg.get("base_model_name_or_path") or ""), n_layers=lm.n_layers)
+        state = load_torch(name, params_path)
+        want_keys = lens.layer_translators.state_dict()
+        if not isinstance(state, dict) or set(state) != set(want_keys) or not all(
+                isinstance(v, torch.Tensor) and v.shape == want_keys[k].shape for k, v in state.items()):
+            raise ValueError(f"{name}: {params_path} does not hold the {len(sites)} translators of {cfg_path} "
+                             f"(weights [{lm.d_model}, {lm.d_model}]" + (", biases" if lens.bias else "") + ")")
+        if not all(bool(torch.isfinite(v).all()) for v in state.values()):
+            raise ValueError(f"{name}: {params_path} holds NaN or Inf weights")
         lens.layer_translators.load_state_dict({k: v.float() for k, v in state.items()})
         return lens.to(lm.device)
+
+
+def read_config(path: str, name: str = "lens") -> dict:
+    """A tuned lens folder's config.json, checked for shape (not yet against a model): what can be told
+    of a lens before the model loads. ValueError naming `name` and the file otherwise."""
+    if not os.path.isdir(path):
+        raise ValueError(f"{name}: {path} is not a tuned lens folder (one holding {CONFIG_FILE} and {PARAMS_FILE}); "
+                         f"train one with `fusedlens tuned train --out {path}`")
+    cfg_path, params_path = os.path.join(path, CONFIG_FILE), os.path.join(path, PARAMS_FILE)
+    for p in (cfg_path, params_path):
+        if not os.path.isfile(p):
+            raise ValueError(f"{name}: {p} not found (a tuned lens folder holds {CONFIG_FILE} and {PARAMS_FILE})")
+    cfg = read_json(name, cfg_path)
+    if cfg.get("lens_type", LENS_TYPE) != LENS_TYPE:
+        raise ValueError(f"{name}: {cfg_path}: lens_type {cfg['lens_type']!r} is not {LENS_TYPE!r}")
+    d = cfg.get("d_model")
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise ValueError(f"{name}: {cfg_path}: d_model must be a positive integer, got {d!r}")
+    sites = cfg.get("fusedlens_sites")
+    if sites is not None:
+        if not isinstance(sites, list) or not sites or not all(isinstance(s, str) for s in sites):
+            raise ValueError(f"{name}: {cfg_path}: fusedlens_sites must be a non-empty list of site names")
+    else:
+        n = cfg.get("num_hidden_layers")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name}: {cfg_path}: num_hidden_layers must be a positive integer, got {n!r}")
+    if not isinstance(cfg.get("unembed_hash"), (str, type(None))):
+        raise ValueError(f"{name}: {cfg_path}: unembed_hash must be a string or null")
+    return cfg

@@ -35,7 +35,7 @@ from ..core.checkpoint import StateFile
 from ..core.config import BACKEND_HELP, option
 from ..core.models import LensModel
 from ..data.windows import TokenStream
-from .lens import TunedLens
+from .lens import CONFIG_FILE, PARAMS_FILE, TunedLens
 
 STATE_FILE = "train_state.pt"
 RESUME_MUST_MATCH = ("steps", "tokens_per_step", "seq_len", "lr", "momentum", "weight_decay", "clip_norm",
@@ -63,7 +63,7 @@ class TrainConfig:
     downweight_factor: float = option(1.0, "the loss weight of those rows", flag="--factor")
 
     def __post_init__(self):
-        for name in ("steps", "tokens_per_step", "seq_len"):
+        for name in ("steps", "tokens_per_step", "seq_len", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if self.tokens_per_step % min(self.seq_len, self.tokens_per_step):
@@ -120,6 +120,21 @@ def save_checkpoint(out_dir: str, lens: TunedLens, opt, sched, cfg: TrainConfig,
                                     "history": history})
 
 
+def check_out_dir(out_dir: str, overwrite: bool = False) -> None:
+    """A training folder is new, or resumable (its train_state.pt), or `overwrite` is given: a trained lens
+    whose training state is gone is never silently replaced by a new one."""
+    lens_files = [f for f in (CONFIG_FILE, PARAMS_FILE) if os.path.exists(os.path.join(out_dir, f))]
+    if lens_files and not os.path.exists(os.path.join(out_dir, STATE_FILE)) and not overwrite:
+        raise ValueError(f"out: {out_dir} holds a tuned lens ({', '.join(lens_files)}) but no {STATE_FILE} to resume "
+                         "from; training would replace it: choose another folder, or pass --overwrite")
+
+
+def read_state(out_dir: str, cfg: TrainConfig) -> dict | None:
+    """The training state in out_dir (None if there is none); ValueError if it is of another run, damaged,
+    or holds anything but tensors and plain data."""
+    return _state_file(out_dir, cfg).load()
+
+
 def _resume(state, out_dir, lm, lens, opt, sched, stream, history) -> tuple[TunedLens, int]:
     loaded = TunedLens.load(out_dir, lm)
     if loaded.sites != lens.sites:
@@ -133,14 +148,18 @@ def _resume(state, out_dir, lm, lens, opt, sched, stream, history) -> tuple[Tune
 
 
 def train(lm: LensModel, lens: TunedLens, train_ids: torch.Tensor, cfg: TrainConfig, *, out_dir: str | None = None,
-          progress: bool = True) -> dict:
-    """Train `lens` in place on train_ids (1-D); with out_dir, checkpoint there and resume from it.
+          progress: bool = True, overwrite: bool = False) -> dict:
+    """Train `lens` in place on train_ids (1-D); with out_dir, checkpoint there and resume from it
+    (a lens there without its training state is an error unless `overwrite`).
 
     Returns the history: per-step mean KL per site ("loss"), "seconds" of training in
     this and earlier runs, and the "tokens" seen.
     """
     from tqdm.auto import tqdm
 
+    if out_dir:
+        check_out_dir(out_dir, overwrite)
+    lm.check_seq_len(cfg.seq_len)
     capture = ResidualCapture(lm, embed=True, mid=any(s.startswith("mid.") for s in lens.sites))
     if capture.sites[:-1] != lens.sites:
         raise ValueError(f"lens: its sites do not match the model's hidden states ({capture.sites[:3]}...)")
