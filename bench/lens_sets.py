@@ -5,6 +5,12 @@ matmul for the set mass) and the floor (the bare GEMM of the same shape), side b
 inputs, rounds interleaved.
 
     python bench/lens_sets.py --tokens 512 --rounds 3
+    python bench/lens_sets.py --tokens 256 --rounds 0 --pairs 12 --set-counts 4,8,16   # paired only
+
+--pairs N adds a paired measurement per dense set count: N pairs of calls (no sets, then that many
+dense sets over the whole vocabulary; the order alternating), and the median and min of the pairs'
+ratios. Two calls seconds apart see the same host speed, so the ratio resolves a cost of 1-2 %, which
+the best times of separate rounds on a shared host do not.
 """
 import argparse
 import os
@@ -31,6 +37,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--vocab", type=int, default=49152)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=0, help="paired calls per dense set count (0: none)")
+    ap.add_argument("--set-counts", default="4,8,16", help="dense set counts of the paired measurement")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "lens_sets.json"))
     args = ap.parse_args()
 
@@ -46,8 +54,18 @@ def main():
     variants = {"no_sets": fused(None), "8_sets_whole_vocab": fused(dense), "8_sets_1000_tokens": fused(sparse),
                 "naive_torch_8_sets_whole_vocab": lambda: naive_set_mass(hidden, norm, unembed, dense),
                 "bare_gemm": lambda: bare_gemm(norm(hidden), unembed.weight)}
+    out = rounds_of(variants, args.rounds) if args.rounds > 0 else {}
+    if args.pairs > 0:
+        out["paired"] = pairs_of(fused, args.pairs, [int(c) for c in args.set_counts.split(",")], args.vocab, g)
+    write_result({"tokens": args.tokens, "vocab": args.vocab, "sites": hidden.shape[0], "rounds": args.rounds,
+                  "pairs": args.pairs, "threads": torch.get_num_threads(), **out,
+                  "load_average": list(os.getloadavg())}, args.out)
+
+
+def rounds_of(variants, n_rounds) -> dict:
+    """Every variant once a round, rounds in alternating order: best times, and each round's own ratios."""
     best, rounds = {}, []
-    for r in range(args.rounds):
+    for r in range(n_rounds):
         times = {}
         # every other round in reverse order: a host whose speed drifts steadily then favours no variant
         for name in list(variants)[::1 if r % 2 == 0 else -1]:
@@ -66,10 +84,29 @@ def main():
     print("over no sets (best times):", {k: round(v, 3) for k, v in ratios.items()})
     print("over no sets (median of each round's ratio):", {k: round(v, 3) for k, v in paired.items()})
     print("over the bare GEMM:", {k: round(v, 3) for k, v in over_gemm.items()})
-    write_result({"tokens": args.tokens, "vocab": args.vocab, "sites": hidden.shape[0], "rounds": args.rounds,
-                  "threads": torch.get_num_threads(), "seconds": best, "over_no_sets": ratios,
-                  "over_no_sets_median_of_rounds": paired, "over_bare_gemm": over_gemm, "per_round_seconds": rounds,
-                  "load_average": list(os.getloadavg())}, args.out)
+    return {"seconds": best, "over_no_sets": ratios, "over_no_sets_median_of_rounds": paired,
+            "over_bare_gemm": over_gemm, "per_round_seconds": rounds}
+
+
+
+def pairs_of(fused, n_pairs: int, counts: list[int], vocab: int, g) -> dict:
+    """Per dense set count: n_pairs of (no sets, that many sets) calls, alternating which goes first."""
+    out = {}
+    fused(None)()  # warm
+    for c in counts:
+        sets = torch.randint(0, c, (vocab,), generator=g)
+        ratios = []
+        for p in range(n_pairs):
+            t = {}
+            for name in (("none", "sets") if p % 2 == 0 else ("sets", "none")):
+                t0 = time.perf_counter()
+                fused(None if name == "none" else sets)()
+                t[name] = time.perf_counter() - t0
+            ratios.append(t["sets"] / t["none"])
+        out[str(c)] = {"median": statistics.median(ratios), "min": min(ratios), "ratios": ratios}
+        print(f"{c} dense sets over none, {n_pairs} pairs: median {out[str(c)]['median']:.3f}, "
+              f"min {out[str(c)]['min']:.3f}", flush=True)
+    return out
 
 
 if __name__ == "__main__":

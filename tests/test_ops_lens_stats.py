@@ -263,8 +263,8 @@ def test_k_must_be_an_int_in_range(k):
 def set_cases(vocab):
     """Token-set ids [vocab]: random sets with members everywhere, a set covering nothing (id 3 unused
     below id 4), one token, everything in one set, 16 and 11 sets (the AVX2 kernel sums 8 a pass), a
-    tenth of the tokens in 5 sets (sparse sets are summed from a list of their members), and every
-    token in no set."""
+    tenth of the tokens in 5 sets (sparse sets are summed from a list of their members), every other
+    token in no set, and the first half in 3 sets (the dense kernels skip the blocks of the second)."""
     mixed = torch.randint(-1, 6, (vocab,))
     mixed[mixed == 3] = 4  # set 3 exists (a lower id than the largest) and has no member
     one = torch.full((vocab,), -1)
@@ -273,7 +273,8 @@ def set_cases(vocab):
     sparse[torch.randperm(vocab)[:vocab // 10]] = torch.arange(vocab // 10) % 5
     return {"mixed": mixed, "one_token": one, "everything": torch.zeros(vocab, dtype=torch.long),
             "sixteen": torch.arange(vocab) % 16, "eleven": torch.randint(0, 11, (vocab,)),
-            "sparse": sparse, "none_in_set_0_of_2": torch.where(torch.arange(vocab) % 2 == 0, 1, -1)}
+            "sparse": sparse, "none_in_set_0_of_2": torch.where(torch.arange(vocab) % 2 == 0, 1, -1),
+            "first_half": torch.where(torch.arange(vocab) < vocab // 2, torch.arange(vocab) % 3, -1)}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -139,9 +139,9 @@ void tile_sums(const float* z, int64_t width, float m, float zt, float zf, const
 
 // Sets [j0, j0 + N) over the whole vectors [0, full): per vector of 8 exps, one FMA with each set's
 // membership column (1 or 0; e * 1 and e * 0 are exact, so a set's sum is a plain sum of its
-// members' exps). That is a load and an FMA per set and 8 positions: a compare and a masked add
-// per set, as the AVX-512 kernel does, or a broadcast per position times a one-hot row, cost
-// more on Zen 3. kU vectors at a time, so that a few sets still make 8 independent chains.
+// members' exps). That is a load and an FMA per set and 8 positions: a compare and a masked add per
+// set (the AVX-512 kernel's form before it took this one too), or a broadcast per position times a
+// one-hot row, cost more on Zen 3. kU vectors at a time, so that a few sets make 8 independent chains.
 template <int N, int kU>
 inline void set_sums_cols(const float* e, int64_t full, const TileSets& sets, int j0, float* out) {
   __m256 acc[kU][N];
