@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.capture import ResidualCapture
+from ..core.files import load_torch
 from ..data.windows import tokenize
 from .solve import KINDS, accuracy, auroc
-from ..core.files import load_torch
 
 FORMAT = "fusedlens.directions/1"
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from ..core.checks import check_tensor
-from ..probe.accumulator import RidgeAccumulator
 from ..core.files import load_torch
+from ..probe.accumulator import RidgeAccumulator
 
 PARTS = ("pos", "neg", "pairs")
 

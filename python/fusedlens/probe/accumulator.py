@@ -21,8 +21,8 @@ import torch
 
 from ..core.backends import pick_backend
 from ..core.checks import check_tensor
-from ..ops.ridge_gram import FP32_ROUNDOFF, FP64_ROUNDOFF, ridge_gram
 from ..core.files import load_torch
+from ..ops.ridge_gram import FP32_ROUNDOFF, FP64_ROUNDOFF, ridge_gram
 
 
 def _symmetric(upper: torch.Tensor) -> torch.Tensor:
