@@ -41,7 +41,7 @@ test-py-avx2:
 		echo "$(AVX2_KERNELS) pytest ..."; \
 		$(AVX2_KERNELS) $(PY) -m pytest -q tests/test_kernels_lens_stats.py tests/test_ops_lens_stats.py \
 			tests/test_ops_logit_extremes.py tests/test_ops_lens_kl.py tests/test_ops_ridge_gram.py \
-			tests/test_probe_accumulator.py tests/test_probe_fit.py tests/test_dla_components.py \
+			tests/test_probe_accumulator.py tests/test_probe_fit.py tests/test_core_components.py \
 			tests/test_intervene_hooks.py; \
 	fi
 
@@ -69,3 +69,12 @@ test-tl3:
 	build/tl3-venv/bin/python -m pip install --disable-pip-version-check -q --no-deps torch==2.13.0 \
 		transformer-lens==3.9.0 better-abc==0.0.3
 	build/tl3-venv/bin/python -m pytest -q -k hooked tests/test_adapters_transformer_lens.py
+
+# The CPU benchmarks' pytest-benchmark mode (short shapes), one JSON per op: bench/results/<op>_pytest.json.
+# Each op's full measurement is its script, `python bench/<op>.py` (--help lists its modes); the GPU's is
+# `python bench/gpu_check.py`.
+BENCH_OPS = lens_stats ridge_gram target_logit tuned run_job
+bench:
+	for op in $(BENCH_OPS); do \
+		$(PY) -m pytest -q bench/$$op.py --benchmark-json=bench/results/$${op}_pytest.json || exit 1; \
+	done

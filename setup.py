@@ -23,7 +23,7 @@ cxx_flags = ["-O3", "-fopenmp", "-std=c++17", "-ffp-contract=off"]
 
 setup(
     name="fusedlens",
-    version="0.1.0",
+    version="0.2.0",
     description="Compiled mechanistic-interpretability engine: fused logit/tuned lens and streaming probes",
     python_requires=">=3.10",
     package_dir={"fusedlens": "python/fusedlens", "fusedlens.kernels": "kernels"},

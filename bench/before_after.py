@@ -1,4 +1,4 @@
-"""Issue 12's two measurements, old layout vs new, same machine, one run each, side by side:
+"""Two CLI runs, an older fusedlens (another package layout) vs this one, same machine, one run each, side by side:
 
   fusedlens probe --train-tokens 8000 --heldout-tokens 2000   (targets: a second sweep vs the pass's own)
   fusedlens run pydoc --max-tokens 2048                        (pictures: a second load + forward vs kept rows)
@@ -6,7 +6,6 @@
 `--before DIR` is a folder holding an installed fusedlens of the old layout (pip install --target DIR);
 the new one is whatever `python -m fusedlens` imports. Writes bench/results/before_after.json.
 """
-import argparse
 import json
 import os
 import re
@@ -15,10 +14,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-from measure import write_result  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from common import arg_parser, write_result
 
 
 def timed(cmd, pythonpath):
@@ -37,10 +33,9 @@ def timed(cmd, pythonpath):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = arg_parser(__doc__, "before_after.json", threads=None)
     ap.add_argument("--before", required=True, help="folder with the old-layout fusedlens installed")
     ap.add_argument("--after", default="", help="PYTHONPATH of the new one (default: the installed package)")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "before_after.json"))
     args = ap.parse_args()
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

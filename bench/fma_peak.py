@@ -3,22 +3,17 @@
 A register-only loop of twelve independent chains of fused multiply-adds (distinct starting
 values: identical chains are merged by the compiler, which made an earlier version of this
 script report 3.5x the real peak), on every core, gives the peak in GFLOP/s.
-`bench/lens_cpu.py --per-isa` expresses its figures as a share of it.
+`bench/lens_stats.py --per-isa` expresses its figures as a share of it.
 
 python bench/fma_peak.py   -> bench/results/fma_peak.json
 """
-import argparse
-import os
-import sys
 import time
 
 import torch
 from torch.utils.cpp_extension import load_inline
 
-sys.path.insert(0, os.path.dirname(__file__))
-from measure import write_result  # noqa: E402
+from common import arg_parser, isa, write_result
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = r"""
 #include <immintrin.h>
 #include <omp.h>
@@ -68,18 +63,15 @@ std::vector<double> fma_flops(int64_t iters, bool avx512) {
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = arg_parser(__doc__, "fma_peak.json", threads=None)
     ap.add_argument("--iters", type=int, default=200_000_000)
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "fma_peak.json"))
     args = ap.parse_args()
     mod = load_inline("fma_peak", cpp_sources=SOURCE, functions=["fma_flops"], extra_cflags=["-O2", "-fopenmp"],
                       extra_ldflags=["-fopenmp"], verbose=False)
-    from fusedlens.core.cpu import machine
-
-    isa = machine()["isa"]
+    level = isa()
     rows = {}
     for name, wide in (("avx512", True), ("avx2", False)):
-        if wide and not isa.startswith("AVX512") and isa != "AVX-512":
+        if wide and not level.startswith("AVX512") and level != "AVX-512":
             continue
         mod.fma_flops(args.iters // 100, wide)  # warm up (clocks settle)
         t0 = time.perf_counter()
@@ -87,6 +79,7 @@ def main():
         rows[name] = flops / (time.perf_counter() - t0) / 1e9
         print(f"{name}: measured FMA peak {rows[name]:.1f} GFLOP/s on {torch.get_num_threads()} threads", flush=True)
     write_result({"gflops_peak": rows}, args.out)
+
 
 if __name__ == "__main__":
     main()

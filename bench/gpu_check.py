@@ -1,7 +1,7 @@
 """The GPU check: every Triton kernel against float64 on the GPU, then timed against naive PyTorch and
-the bare cuBLAS GEMMs, in one process and one command (issue 19).
+the bare cuBLAS GEMMs, in one process and one command.
 
-    python bench/gpu_check.py                 # a CUDA GPU: writes bench/results/gpu_<gpu-name>.json
+    python bench/gpu_check.py                 # a CUDA GPU: writes bench/results/gpu_check_<gpu-name>.json
     python bench/gpu_check.py --dry --out X   # CPU, TRITON_INTERPRET=1, tiny sizes, the same code path
 
 Sections, each in its own try/except and time guard (a failure or an overrun is recorded in the JSON,
@@ -9,16 +9,17 @@ which is rewritten after every section, and the next section runs):
   correctness  every kernel through fusedlens.ops (backend "triton") against the float64 reference on
                the same device, with the test suites' own checks and tolerances: real sizes (d_model,
                vocab) = (576, 49152), (2048, 256000), (4096, 128256) with fp32, bf16 and fp16 weights,
-               then the suites' odd shapes (bench/gpu_cases.py);
+               then the suites' odd shapes (bench/gpu_check_cases.py);
   lens         ops.lens_stats (Triton) vs naive PyTorch (logits per site, log_softmax, top-k, gather, KL)
                vs the bare GEMM of the same shape in bf16, tf32 and fp32, at the SmolLM2 shape (31 sites x
                8,192 tokens x 576 x 49,152) and a Llama-3-8B shape (33 x 4,096 x 4,096 x 128,256); then
                the op's extra memory at two vocabularies (flat in the vocabulary?);
   tuned        one tuned-lens step (lens_kl forward + backward) vs naive autograd vs the two-GEMM floor;
   ridge        ops.ridge_gram vs the float64 torch backend vs the bare fp32 X.T @ X.
-Timing: CUDA events after a warm-up call (compiles and autotunes), repeats sized to the section's
-budget; peak memory: torch.cuda.max_memory_allocated over the timed calls, reset per variant, minus
-what was allocated before. --dry times with time.perf_counter and measures peak RSS growth instead.
+Timing (common.Clock): CUDA events after a warm-up call (compiles and autotunes), repeats sized to the
+section's budget; peak memory: torch.cuda.max_memory_allocated over the timed calls, reset per variant,
+minus what was allocated before. --dry times with time.perf_counter and measures peak RSS growth instead.
+The goals and the printed table: bench/gpu_check_report.py.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ import re
 import sys
 import time
 import traceback
+
+from common import Clock, result_path
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -47,47 +50,6 @@ DRY_RIDGE_SHAPES = {"smollm2": (2, 16, 32, 2), "llama3_8b": (1, 8, 48, 1)}
 FLAT_VOCABS = ((31, 2048, 576), (49152, 256000))  # lens_stats extra memory at two vocabularies
 DRY_FLAT_VOCABS = ((2, 4, 32), (128, 512))
 MAX_REPS = 5
-
-
-class Clock:
-    """Times a call (CUDA events, or perf_counter on CPU) and its peak memory growth."""
-
-    def __init__(self, torch, cuda: bool, max_reps: int = MAX_REPS):
-        self.torch, self.cuda, self.max_reps = torch, cuda, max_reps
-
-    def sync(self):
-        if self.cuda:
-            self.torch.cuda.synchronize()
-
-    def once_ms(self, fn) -> float:
-        if not self.cuda:
-            t0 = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t0) * 1e3
-        start, end = (self.torch.cuda.Event(enable_timing=True) for _ in range(2))
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-
-    def measure(self, fn, budget_s: float) -> dict:
-        """Warm-up call, then timed calls (as many as fit budget_s, 1..MAX_REPS) with the peak memory."""
-        import measure
-
-        fn()  # compiles, autotunes, allocates
-        self.sync()
-        if self.cuda:
-            self.torch.cuda.empty_cache()
-            base = self.torch.cuda.memory_allocated()
-            self.torch.cuda.reset_peak_memory_stats()
-        else:
-            base = measure.reset_peak_rss() * 1024
-        times = [self.once_ms(fn)]
-        while len(times) < self.max_reps and sum(times) / 1e3 * (len(times) + 1) / len(times) < budget_s:
-            times.append(self.once_ms(fn))
-        peak = (self.torch.cuda.max_memory_allocated() if self.cuda else measure.peak_rss_kib() * 1024) - base
-        return {"ms": sorted(times)[len(times) // 2], "all_ms": times, "peak_extra_bytes": max(int(peak), 0)}
 
 
 def gpu_name(torch, dry: bool) -> str:
@@ -124,11 +86,11 @@ def run_section(report, name, fn, budget_s, hard_deadline):
 
 
 def correctness(torch, device, dry):
-    import gpu_cases
+    import gpu_check_cases as cases
 
     def run(deadline):
         rows = []
-        for name, fn, tuned in gpu_cases.correctness_cases(dry):
+        for name, fn, tuned in cases.correctness_cases(dry):
             if time.monotonic() > deadline:
                 rows.append({"case": name, "status": "skipped (time guard)"})
                 continue
@@ -196,11 +158,11 @@ def over_shapes(torch, clock, deadline, jobs, spare_shares=0):
 
 
 def lens_section(torch, clock, device, dry):
-    import gpu_cases
+    import gpu_check_cases as cases
 
     def run(deadline):
         jobs = [(f"{tag} w={w}", {"shape": [S, T, d, V], "weights": w},
-                 lambda S=S, T=T, d=d, V=V, w=w: gpu_cases.lens_variants(*gpu_cases.lens_inputs(S, T, d, V, w, device)),
+                 lambda S=S, T=T, d=d, V=V, w=w: cases.lens_variants(*cases.lens_inputs(S, T, d, V, w, device)),
                  2 * S * T * d * V)
                 for tag, ((S, T, d, V), wnames) in (DRY_LENS_SHAPES if dry else LENS_SHAPES).items() for w in wnames]
         res = over_shapes(torch, clock, deadline, jobs, spare_shares=1)
@@ -209,7 +171,7 @@ def lens_section(torch, clock, device, dry):
         for V in vocabs:  # the fused op's memory over its inputs at two vocabularies: flat?
             if time.monotonic() > deadline:
                 break
-            fn = gpu_cases.lens_variants(*gpu_cases.lens_inputs(S, T, d, V, "bf16", device))["triton"]
+            fn = cases.lens_variants(*cases.lens_inputs(S, T, d, V, "bf16", device))["triton"]
             flat[str(V)] = clock.measure(fn, 0.0)["peak_extra_bytes"]
             del fn
         res["memory_vs_vocab"] = {"shape": [S, T, d], "extra_bytes": flat}
@@ -218,11 +180,11 @@ def lens_section(torch, clock, device, dry):
 
 
 def tuned_section(torch, clock, device, dry):
-    import gpu_cases
+    import gpu_check_cases as cases
 
     def run(deadline):
         jobs = [(f"{tag} w={w}", {"shape": [L, T, d, V], "weights": w},
-                 lambda L=L, T=T, d=d, V=V, w=w: gpu_cases.tuned_variants(L, T, d, V, w, device),
+                 lambda L=L, T=T, d=d, V=V, w=w: cases.tuned_variants(L, T, d, V, w, device),
                  2 * 2 * (L + 1) * T * d * V)  # two GEMMs over the lens rows and the final rows
                 for tag, ((L, T, d, V), wnames) in (DRY_TUNED_SHAPES if dry else TUNED_SHAPES).items() for w in wnames]
         return over_shapes(torch, clock, deadline, jobs)
@@ -230,10 +192,10 @@ def tuned_section(torch, clock, device, dry):
 
 
 def ridge_section(torch, clock, device, dry):
-    import gpu_cases
+    import gpu_check_cases as cases
 
     def run(deadline):
-        jobs = [(tag, {"shape": [S, N, d, m]}, lambda S=S, N=N, d=d, m=m: gpu_cases.ridge_variants(S, N, d, m, device),
+        jobs = [(tag, {"shape": [S, N, d, m]}, lambda S=S, N=N, d=d, m=m: cases.ridge_variants(S, N, d, m, device),
                  2 * S * N * (d + m + 1) ** 2)
                 for tag, (S, N, d, m) in (DRY_RIDGE_SHAPES if dry else RIDGE_SHAPES).items()]
         return over_shapes(torch, clock, deadline, jobs)
@@ -267,7 +229,7 @@ def use_checkout_if_not_installed() -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dry", action="store_true", help="CPU under TRITON_INTERPRET=1 at tiny sizes (the same code path)")
-    ap.add_argument("--out", default=None, help="result JSON (default bench/results/gpu_<gpu-name>.json)")
+    ap.add_argument("--out", default=None, help="result JSON (default bench/results/gpu_check_<gpu-name>.json)")
     ap.add_argument("--sections", default="correctness,lens,tuned,ridge", help="comma-separated subset")
     ap.add_argument("--time-limit", type=float, default=360.0, help="hard limit for the whole run, seconds")
     ap.add_argument("--budget", type=float, default=None,
@@ -286,7 +248,7 @@ def main(argv=None) -> int:
         return 2
     device = "cpu" if args.dry else "cuda"
     name = gpu_name(torch, args.dry)
-    out = pathlib.Path(args.out) if args.out else HERE / "results" / f"gpu_{re.sub(r'[^a-z0-9]+', '_', name.lower())}.json"
+    out = pathlib.Path(args.out or result_path(f"gpu_check_{re.sub(r'[^a-z0-9]+', '_', name.lower())}.json"))
     import triton
 
     head = {"gpu": name, "dry": args.dry, "torch": torch.__version__, "triton": triton.__version__,
@@ -296,14 +258,14 @@ def main(argv=None) -> int:
         head["device"] = {"sms": props.multi_processor_count, "memory_gib": props.total_memory / 2**30,
                           "capability": f"{props.major}.{props.minor}"}
     report = Report(out, head)
-    clock = Clock(torch, not args.dry, 1 if args.dry else MAX_REPS)
+    clock = Clock(not args.dry, 1 if args.dry else MAX_REPS)
     hard = t_start + args.time_limit - 10
     sections = {"correctness": correctness(torch, device, args.dry), "lens": lens_section(torch, clock, device, args.dry),
                 "tuned": tuned_section(torch, clock, device, args.dry), "ridge": ridge_section(torch, clock, device, args.dry)}
     for sec in args.sections.split(","):
         budget = args.budget or (DRY_BUDGET if args.dry else BUDGET)[sec]
         run_section(report, sec, sections[sec], budget, hard)
-    from gpu_report import goals, table
+    from gpu_check_report import goals, table
 
     report.data["goals"] = goals(report.data)
     report.data["seconds"] = round(time.monotonic() - t_start, 1)

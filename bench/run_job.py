@@ -1,7 +1,8 @@
 """The whole `fusedlens run` job vs the same job written naively, on the embedded model.
 
-python bench/run_job.py [--tokens 2048] [--seq-len 512] [--out bench/results/run_job.json]
-python bench/run_job.py --interleaved ROUNDS [...]
+python bench/run_job.py [--tokens 2048] [--seq-len 512]      -> bench/results/run_job.json
+python bench/run_job.py --interleaved ROUNDS [...]            -> bench/results/run_job_interleaved.json
+pytest bench/run_job.py --benchmark-json=bench/results/run_job_pytest.json   (pytest-benchmark, 256 tokens)
 
 naive: HF forward with output_hidden_states=True, then per layer the final norm,
 materialised logits, log_softmax, top-k, gather and KL, aggregated the same way.
@@ -14,34 +15,27 @@ hits them alike).
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
+import pytest
 import torch
-from measure import peak_rss_kib, write_result
 
-
-def _sequences(lm, tokens, seq_len):
-    from fusedlens.data.corpus import iter_sequences
-
-    return list(iter_sequences(lm.tokenizer, ["pydoc"], seq_len, stop=-(-tokens // seq_len)))
+from common import (arg_parser, in_fresh_process, interleaved, model, peak_rss_kib, pydoc_sequences, result_path,
+                    threads_from, write_result)
 
 
 def naive_job(tokens: int, seq_len: int, lm=None) -> dict:
     from fusedlens.lens.aggregate import LensAggregate
-    from fusedlens.core.models import load_model
     from fusedlens.ops.reference import stats_from_logits
 
-    lm = lm or load_model()
-    model = lm.model
-    seqs = _sequences(lm, tokens, seq_len)
+    lm = lm or model()
+    seqs = pydoc_sequences(lm, tokens, seq_len)
     agg = None
     t0 = time.perf_counter()
     with torch.no_grad():
         for s in seqs:
-            out = model(input_ids=s.ids[None], output_hidden_states=True, use_cache=False)
+            out = lm.model(input_ids=s.ids[None], output_hidden_states=True, use_cache=False)
             # hidden_states[-1] is post-norm in HF; the pre-norm last residual is what the lens decodes
             hs = out.hidden_states[:-1]  # embedding and blocks 0..L-2; the last block's lens is the model's logits
             logits = [lm.unembed(lm.norm(h[0])) for h in hs] + [out.logits[0]]
@@ -55,10 +49,8 @@ def naive_job(tokens: int, seq_len: int, lm=None) -> dict:
 
 
 def floor_job(tokens: int, seq_len: int, lm=None) -> dict:
-    from fusedlens.core.models import load_model
-
-    lm = lm or load_model()
-    seqs = _sequences(lm, tokens, seq_len)
+    lm = lm or model()
+    seqs = pydoc_sequences(lm, tokens, seq_len)
     w = lm.unembed.weight.float()
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -71,13 +63,13 @@ def floor_job(tokens: int, seq_len: int, lm=None) -> dict:
 
 
 def fused_job(tokens: int, seq_len: int, lm=None, compute: str = "auto") -> dict:
-    from fusedlens.run.job import RunConfig, run
+    from fusedlens.job import RunConfig, run_corpus
 
     with tempfile.TemporaryDirectory() as out:
         cfg = RunConfig(corpus=["pydoc"], out=out, seq_len=seq_len, batch_size=1, max_tokens=tokens, progress=False,
                         compute=compute)
         t0 = time.perf_counter()
-        summary = run(cfg, lm=lm)
+        summary = run_corpus(cfg, lm=lm)
         seconds = time.perf_counter() - t0
         with open(os.path.join(out, "throughput.json")) as f:
             split = json.load(f)
@@ -100,53 +92,56 @@ def ratios(value: dict, suffix: str = "") -> dict:
     return {f"{a}_over_{b}{suffix}": value[a] / value[b] for a, b in pairs if a in value and b in value}
 
 
-def interleaved(tokens: int, seq_len: int, rounds: int, names: list[str]) -> dict:
-    from fusedlens.core.models import load_model
-
-    lm = load_model()
-    best = {name: float("inf") for name in names}
-    for r in range(rounds + 1):  # round 0 warms up; not timed
-        for name in names:
-            job = JOBS[name]
-            seconds = job(tokens, seq_len, lm)["seconds"]
-            if r:
-                best[name] = min(best[name], seconds)
+def interleaved_row(tokens: int, seq_len: int, rounds: int, names: list[str]) -> dict:
+    lm = model()
+    jobs = {name: (lambda job=JOBS[name]: job(tokens, seq_len, lm)) for name in names}
+    best = interleaved(jobs, rounds, warmup=True, seconds_of=lambda r: r["seconds"])["best"]
     return {"mode": "interleaved", "tokens": tokens, "seq_len": seq_len, "rounds": rounds, "seconds": best,
-            **ratios(best), "tokens_per_second": {name: tokens / t for name, t in best.items()},
-            "threads": torch.get_num_threads(), "load_average": os.getloadavg()}
+            **ratios(best), "tokens_per_second": {name: tokens / t for name, t in best.items()}}
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = arg_parser(__doc__, "run_job.json")
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "run_job.json"))
-    ap.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS")
+    ap.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
+                    help="the jobs in one process, in turns (default --out bench/results/run_job_interleaved.json)")
     ap.add_argument("--jobs", nargs="+", choices=list(JOBS), default=list(JOBS), help="which jobs (default all)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    threads_from(args)
     if args.one:
         res = JOBS[args.one](args.tokens, args.seq_len)
         print(json.dumps({**res, "peak_rss_mib": peak_rss_kib() / 1024}))
         return
     if args.interleaved:
-        row = interleaved(args.tokens, args.seq_len, args.interleaved, args.jobs)
+        row = interleaved_row(args.tokens, args.seq_len, args.interleaved, args.jobs)
         print(row)
-        write_result(row, args.out)
+        write_result(row, args.out if args.out != ap.get_default("out") else result_path("run_job_interleaved.json"))
         return
     res = {}
     for variant in args.jobs:
-        done = subprocess.run([sys.executable, __file__, "--one", variant, "--tokens", str(args.tokens),
-                               "--seq-len", str(args.seq_len)], capture_output=True, text=True, check=True)
-        res[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+        res[variant] = in_fresh_process(__file__, ["--one", variant, "--tokens", args.tokens, "--seq-len", args.seq_len])
         print(variant, res[variant], flush=True)
     row = {"tokens": args.tokens, "seq_len": args.seq_len, "results": res,
            **ratios({k: r["seconds"] for k, r in res.items()}),
            **ratios({k: r["peak_rss_mib"] for k, r in res.items()}, "_peak_rss"),
-           "tokens_per_second": {k: r["tokens"] / r["seconds"] for k, r in res.items()},
-           "load_average": os.getloadavg()}
+           "tokens_per_second": {k: r["tokens"] / r["seconds"] for k, r in res.items()}}
     print({k: v for k, v in row.items() if k != "results"})
     write_result(row, args.out)
+
+
+# ---------------------------------------------------------------- pytest-benchmark mode
+
+@pytest.fixture(scope="module")
+def lm():
+    return model()
+
+
+@pytest.mark.benchmark(group="run_job")
+@pytest.mark.parametrize("job", list(JOBS))
+def test_run_job(benchmark, lm, job):
+    benchmark.pedantic(JOBS[job], (256, 128, lm), rounds=2, warmup_rounds=1)
 
 
 if __name__ == "__main__":

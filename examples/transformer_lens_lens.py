@@ -2,7 +2,7 @@
 
     python examples/transformer_lens_lens.py
 
-1. `LensModel.from_transformer_lens(model)`: LogitLens, capture_residuals and `fusedlens run`
+1. `lens_model(model)` (fusedlens.adapters.transformer_lens): LogitLens, capture_residuals and `fusedlens run`
    work on it as on an HF model (a HookedTransformer, TransformerLens <= 3.x, the same way).
 2. Tensors you already have: a `run_with_cache` cache → `residuals_from_cache` →
    `ops.lens_stats`, `ops.lens_kl`, `RidgeAccumulator`.
@@ -22,7 +22,7 @@ import torch
 
 import fusedlens
 from fusedlens import ops
-from fusedlens.adapters.transformer_lens import residuals_from_cache
+from fusedlens.adapters.transformer_lens import lens_model, residuals_from_cache
 from fusedlens.probe import RidgeAccumulator, fit_weights
 
 PROMPTS = ["The capital of France is Paris, and the capital of Italy is", "Two plus two is"]
@@ -38,7 +38,7 @@ def main(hf_lm: fusedlens.LensModel | None = None) -> dict:
     model.enable_compatibility_mode(disable_warnings=True)
 
     # 1. The TransformerLens model as a LensModel.
-    lm = fusedlens.LensModel.from_transformer_lens(model)
+    lm = lens_model(model)
     result = fusedlens.LogitLens(lm, k=5).run(PROMPTS)
     print(f"{lm.n_layers} blocks, final norm {lm.norm.kind}, logits centred: {lm.logits_centered}")
     summary = result.summary()  # per site: mean KL to final, entropy, top-1 agreement, ...

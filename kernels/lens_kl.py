@@ -6,7 +6,7 @@ One program per (block of BLOCK_T tokens, site group). Its rows are BLOCK_T toke
 SITES_P slots, the last slot of every token being the final layer (as in
 lens_stats.py), so every W tile [BLOCK_V, d] is read once per program for all sites
 of its tokens and the final row's logits of the same tile are at hand. The tile
-logits come from lens_stats' `_tile_logits` (same dot, bias and soft-cap).
+logits come from tiles.py's `tile_logits` (the same dot, bias and soft-cap as lens_stats.py).
 
 Per tile and row: online max m, s = Σ exp(z − m), w = Σ exp(z_f − m_f)(z_f − z)
 (rescaled with the final row's max). With WITH_GRAD, per-row accumulators
@@ -31,9 +31,8 @@ import triton
 import triton.language as tl
 
 from . import autotune, autotuning
-from .lens_stats import _tile_logits
+from .tiles import NEG, tile_logits
 
-_NEG = tl.constexpr(-1.0e30)  # padded columns: finite, so exp() underflows to 0 without NaNs
 ROWS = 64  # rows per program on a GPU (tokens x site slots)
 # The GPU search space (rows, BLOCK_V, BLOCK_D, warps), small on purpose: ptxas (sm_90a, offline:
 # tests/test_kernels_compile.py) fits each in 255 registers with at most 16 bytes of stack; the old
@@ -95,15 +94,15 @@ def _lens_kl_kernel(x_ptr, w_ptr, b_ptr, kl_out, lse_out, lsef_out, acc_ptr, acc
     row_off = site.to(tl.int64) * stride_xs + tok.to(tl.int64) * stride_xt
     scratch = (pid_t * tl.num_programs(1) + group).to(tl.int64) * ROWS * d + r.to(tl.int64)[:, None] * d
 
-    m = tl.full([ROWS], _NEG, tl.float32)
+    m = tl.full([ROWS], NEG, tl.float32)
     s = tl.zeros([ROWS], dtype=tl.float32)
     wsum = tl.zeros([ROWS], dtype=tl.float32)
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < V
-        z = tl.where(col_ok[None, :], _tile_logits(x_ptr, row_off, row_ok, w_ptr, b_ptr, cols, col_ok, d, stride_w,
-                                                   softcap, HAS_BIAS, HAS_SOFTCAP, W_BF16, BF16_DOT, PREC, ROWS,
-                                                   BLOCK_V, BLOCK_D, X_BF16), _NEG)
+        z = tl.where(col_ok[None, :], tile_logits(x_ptr, row_off, row_ok, w_ptr, b_ptr, cols, col_ok, d, stride_w,
+                                                  softcap, HAS_BIAS, HAS_SOFTCAP, W_BF16, BF16_DOT, PREC, ROWS,
+                                                  BLOCK_V, BLOCK_D, X_BF16), NEG)
         m_new = tl.maximum(m, tl.max(z, axis=1))
         alpha = tl.exp(m - m_new)
         e = tl.exp(z - m_new[:, None])

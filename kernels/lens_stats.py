@@ -27,20 +27,20 @@ Two kernels:
   row's own id excluded), the target logit itself, and a running top-k.
 
 Consistency of ranks with the tile values: the thresholds z_tgt and z_ft of a row
-come from a "gather tile" computed before the sweep by the same `_tile_logits`
+come from a "gather tile" computed before the sweep by the same `tile_logits`
 routine (same shapes, same d-loop, same dot, bias and softcap), whose columns are
 the program's target and final-top-1 ids. So a threshold is the very value the
 sweep computes at that id, and exact ties (duplicated unembedding rows) never count
 as "larger". The own id is excluded from its count as a second guard.
 
-Top-k: logits are packed into int64 keys, (order-preserving int32 image of the
+Top-k: logits are packed into int64 keys (`logit_key`): (order-preserving int32 image of the
 fp32 value) << 32 | (2^31−1 − id), so one integer max gives the largest logit and,
 among equal logits, the lowest id (the TIE RULE of reference.py). -0.0 is mapped to
 +0.0 first. The running top-k is an unordered set of k keys per row; per tile the
 tile's best remaining key is inserted while it beats the row's worst key, so after
-the first tiles most tiles cost one reduction (`_topk_fold`). At the end the set is
-emitted in descending key order (`_topk_store`). kernels/logit_extremes.py uses the
-same two, and `_tile_logits`.
+the first tiles most tiles cost one reduction (`topk_fold`). At the end the set is
+emitted in descending key order (`topk_store`). These and `tile_logits` live in
+kernels/tiles.py, shared with lens_kl.py and logit_extremes.py.
 
 Precision: fp32 w uses tl.dot(input_precision=...) ("tf32x3" by default: about
 fp32 accuracy on tensor cores; "ieee" is exact fp32 FMA). bf16 w keeps xn in fp32 by
@@ -81,13 +81,11 @@ import triton.language as tl
 
 try:
     from . import autotune, autotuning
+    from .tiles import KEY_MIN, MAX_K, NEG, logit_key, tile_logits, topk_fold, topk_store
 except ImportError:  # loaded as a file of its own (tests/test_kernels_lens_stats.py, bench scripts)
     from fusedlens.kernels import autotune, autotuning
+    from fusedlens.kernels.tiles import KEY_MIN, MAX_K, NEG, logit_key, tile_logits, topk_fold, topk_store
 
-_NEG = tl.constexpr(-1.0e30)  # padded vocab columns: finite, so exp() underflows to 0 without 0·inf NaNs
-_KEY_MIN = tl.constexpr(-9223372036854775808)
-_KEY_MAX = tl.constexpr(9223372036854775807)
-MAX_K = 32
 # Phase 2's search space on a GPU (rows per program, BLOCK_V, BLOCK_D, warps), deliberately small:
 # every entry compiles for sm_90a in at most 255 registers and a few bytes of stack (ptxas, offline:
 # tests/test_kernels_compile.py); 128 rows with 128-wide tiles, or 16 warps, spill hundreds of bytes,
@@ -96,119 +94,6 @@ MAX_K = 32
 TUNE_SPACE = ((128, 64, 32, 8), (64, 128, 32, 8), (64, 64, 32, 8))
 MAX_SETS = 16  # token sets (csrc/core/lens_epilogue.h kMaxSets)
 _SETS = tl.constexpr(MAX_SETS)
-
-
-@triton.jit
-def _tanh(y):
-    a = tl.abs(y)
-    t = tl.exp(-2.0 * a)
-    big = (1.0 - t) / (1.0 + t)
-    a2 = a * a
-    small = a * (1.0 + a2 * (-0.3333333333333333 + a2 * (0.13333333333333333 + a2 * (-0.05396825396825397
-                                                                                    + a2 * 0.021869488536155203))))
-    r = tl.where(a < 0.2, small, big)
-    return tl.where(y < 0.0, -r, r)
-
-
-@triton.jit
-def _key(z, ids):
-    """int64 key, larger = (larger logit, then lower id)."""
-    z = tl.where(z == 0.0, 0.0, z)  # -0.0 -> +0.0: equal logits must compare equal
-    b = z.to(tl.int32, bitcast=True)
-    o = tl.where(b >= 0, b, b ^ 0x7FFFFFFF)
-    return (o.to(tl.int64) << 32) + (2147483647 - ids.to(tl.int64))
-
-
-@triton.jit
-def _key_id(key):
-    hi = key >> 32
-    return 2147483647 - (key - (hi << 32))
-
-
-@triton.jit
-def _key_value(key):
-    o = (key >> 32).to(tl.int32)
-    b = tl.where(o >= 0, o, o ^ 0x7FFFFFFF)
-    return b.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _topk_fold(top, keys, kslot, k_ok, KP: tl.constexpr):
-    """The running top-k of each row: `top` [ROWS, KP] is an unordered set of keys (slots >= K,
-    where k_ok is False, unused; _KEY_MIN = empty), `keys` [ROWS, BLOCK_V] a tile's keys (_KEY_MIN
-    where masked). The tile's best remaining key replaces the row's worst while it beats it, so
-    once the set holds large keys most tiles cost one reduction. Returns the new set."""
-    worst = tl.min(tl.where(k_ok[None, :], top, _KEY_MAX), axis=1)
-    cand = tl.max(keys, axis=1)
-    go = tl.max((cand > worst).to(tl.int32), axis=0) > 0
-    while go:
-        ins = cand > worst
-        wpos = tl.min(tl.where(k_ok[None, :] & (top == worst[:, None]), kslot[None, :], KP), axis=1)
-        top = tl.where(ins[:, None] & (kslot[None, :] == wpos[:, None]), cand[:, None], top)
-        keys = tl.where(keys == cand[:, None], _KEY_MIN, keys)
-        worst = tl.min(tl.where(k_ok[None, :], top, _KEY_MAX), axis=1)
-        cand = tl.max(keys, axis=1)
-        go = tl.max((cand > worst).to(tl.int32), axis=0) > 0
-    return top
-
-
-@triton.jit
-def _topk_store(top, id_out, val_out, out, mask, K: tl.constexpr, NEGATE: tl.constexpr):
-    """Store a row's top-k set in descending key order at id_out / val_out + out * K + i;
-    NEGATE: the keys were of -z (a bottom-k), so the values are negated back."""
-    for i in range(0, K):
-        best = tl.max(top, axis=1)
-        val = _key_value(best)
-        if NEGATE:
-            val = -val
-        tl.store(id_out + out * K + i, _key_id(best), mask=mask)
-        tl.store(val_out + out * K + i, val, mask=mask)
-        top = tl.where(top == best[:, None], _KEY_MIN, top)
-
-
-@triton.jit
-def _tile_logits(x_ptr, row_off, row_ok, w_ptr, b_ptr, cols, col_ok, d, stride_w, softcap,
-                 HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, W_BF16: tl.constexpr,
-                 BF16_DOT: tl.constexpr, PREC: tl.constexpr,
-                 ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, X_BF16: tl.constexpr = False):
-    """softcap(x[rows] · w[cols]ᵀ + b[cols]) as a [ROWS, BLOCK_V] fp32 tile (masked rows/cols load zeros).
-    X_BF16 (bf16 w only): x already holds bf16 values (compute="bf16"), so its 2nd and 3rd parts are
-    zero and one bf16 dot gives the same tile as three."""
-    acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
-    w_rows = w_ptr + cols.to(tl.int64) * stride_w
-    for k0 in range(0, d, BLOCK_D):
-        ks = k0 + tl.arange(0, BLOCK_D)
-        k_ok = ks < d
-        x = tl.load(x_ptr + row_off[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        x = x.to(tl.float32)
-        w = tl.load(w_rows[:, None] + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-        wt = tl.trans(w)  # [BLOCK_D, BLOCK_V]
-        if W_BF16 and X_BF16:
-            if BF16_DOT:
-                acc = tl.dot(x.to(tl.bfloat16), wt, acc)
-            else:  # interpreter (see below)
-                acc = tl.dot(x, wt.to(tl.float32), acc)
-        elif W_BF16:
-            x1 = x.to(tl.bfloat16)
-            r1 = x - x1.to(tl.float32)
-            x2 = r1.to(tl.bfloat16)
-            x3 = (r1 - x2.to(tl.float32)).to(tl.bfloat16)
-            if BF16_DOT:
-                part = tl.dot(x3, wt)
-                part = tl.dot(x2, wt, part)
-                acc = tl.dot(x1, wt, acc) + part
-            else:  # interpreter: same parts, dot in fp32 (bf16 x bf16 products are exact in fp32)
-                wf = wt.to(tl.float32)
-                part = tl.dot(x3.to(tl.float32), wf)
-                part = tl.dot(x2.to(tl.float32), wf, part)
-                acc = tl.dot(x1.to(tl.float32), wf, acc) + part
-        else:
-            acc = tl.dot(x, wt, acc, input_precision=PREC)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    if HAS_SOFTCAP:
-        acc = softcap * _tanh(acc / softcap)
-    return acc
 
 
 @triton.jit
@@ -223,22 +108,22 @@ def _final_kernel(x_ptr, w_ptr, b_ptr, m_out, s_out, key_out,
     toks = pid_t * ROWS + tl.arange(0, ROWS)
     tok_ok = toks < T
     row_off = x_final_off + toks.to(tl.int64) * stride_xt
-    m = tl.full([ROWS], _NEG, tl.float32)
+    m = tl.full([ROWS], NEG, tl.float32)
     s = tl.zeros([ROWS], dtype=tl.float32)
-    best = tl.full([ROWS], _KEY_MIN, tl.int64)
+    best = tl.full([ROWS], KEY_MIN, tl.int64)
     n_tiles = tl.cdiv(V, BLOCK_V)
     first = pid_v * tiles_per_split
     n_here = tl.minimum(tiles_per_split, n_tiles - first)  # >= 1: the host makes every range non-empty
     for i in range(0, n_here):
         cols = (first + i) * BLOCK_V + tl.arange(0, BLOCK_V)
         col_ok = cols < V
-        z = _tile_logits(x_ptr, row_off, tok_ok, w_ptr, b_ptr, cols, col_ok, d, stride_w, softcap,
-                         HAS_BIAS, HAS_SOFTCAP, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D, X_BF16)
-        z = tl.where(col_ok[None, :], z, _NEG)
+        z = tile_logits(x_ptr, row_off, tok_ok, w_ptr, b_ptr, cols, col_ok, d, stride_w, softcap,
+                        HAS_BIAS, HAS_SOFTCAP, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D, X_BF16)
+        z = tl.where(col_ok[None, :], z, NEG)
         m_new = tl.maximum(m, tl.max(z, axis=1))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
         m = m_new
-        keys = tl.where(col_ok[None, :], _key(z, cols[None, :]), _KEY_MIN)
+        keys = tl.where(col_ok[None, :], logit_key(z, cols[None, :]), KEY_MIN)
         best = tl.maximum(best, tl.max(keys, axis=1))
     out = pid_v * T + toks
     tl.store(m_out + out, m, mask=tok_ok)
@@ -284,13 +169,13 @@ def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr, sid_ptr,
     g_tgt = tl.load(tgt_ptr + c_tok, mask=c_ok & (c < BLOCK_T), other=0)
     g_ft = tl.load(ft_ptr + c_tok, mask=c_ok & (c >= BLOCK_T), other=0)
     g_cols = tl.where(c < BLOCK_T, tl.maximum(g_tgt, 0), g_ft)
-    zg = _tile_logits(x_ptr, row_off, row_ok, w_ptr, b_ptr, g_cols, c_ok, d, stride_w, softcap,
-                      HAS_BIAS, HAS_SOFTCAP, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D, X_BF16)
+    zg = tile_logits(x_ptr, row_off, row_ok, w_ptr, b_ptr, g_cols, c_ok, d, stride_w, softcap,
+                     HAS_BIAS, HAS_SOFTCAP, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D, X_BF16)
     thr_t = tl.sum(tl.where(c[None, :] == j[:, None], zg, 0.0), axis=1)
     thr_f = tl.sum(tl.where(c[None, :] == (j + BLOCK_T)[:, None], zg, 0.0), axis=1)
 
     # ---- sweep state
-    m = tl.full([ROWS], _NEG, tl.float32)
+    m = tl.full([ROWS], NEG, tl.float32)
     s = tl.zeros([ROWS], dtype=tl.float32)
     u = tl.zeros([ROWS], dtype=tl.float32)
     kl_acc = tl.zeros([ROWS], dtype=tl.float32)
@@ -300,7 +185,7 @@ def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr, sid_ptr,
     z_tgt = tl.zeros([ROWS], dtype=tl.float32)
     kslot = tl.arange(0, KP)
     k_ok = kslot < K
-    top = tl.full([ROWS, KP], _KEY_MIN, tl.int64)
+    top = tl.full([ROWS, KP], KEY_MIN, tl.int64)
     slot3 = tl.arange(0, SITES_P)[None, :, None]
     set_j = tl.arange(0, _SETS)
     set_acc = tl.zeros([ROWS, _SETS], dtype=tl.float32)  # Σ e^(z-m) over each token set, rescaled as s
@@ -308,9 +193,9 @@ def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr, sid_ptr,
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < V
-        z = _tile_logits(x_ptr, row_off, row_ok, w_ptr, b_ptr, cols, col_ok, d, stride_w, softcap,
-                         HAS_BIAS, HAS_SOFTCAP, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D, X_BF16)
-        z = tl.where(col_ok[None, :], z, _NEG)
+        z = tile_logits(x_ptr, row_off, row_ok, w_ptr, b_ptr, cols, col_ok, d, stride_w, softcap,
+                        HAS_BIAS, HAS_SOFTCAP, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D, X_BF16)
+        z = tl.where(col_ok[None, :], z, NEG)
 
         # lse and entropy: online max with rescaling of s and u = Σ e^(z-m) (z-m)
         m_new = tl.maximum(m, tl.max(z, axis=1))
@@ -326,7 +211,7 @@ def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr, sid_ptr,
             set_acc = alpha[:, None] * set_acc + tl.dot(e, member, input_precision="ieee")
 
         # KL(p_final || p_row): the token's final row is slot SITES_P-1 of its own slot group
-        zf = tl.max(tl.where(slot3 == SITES_P - 1, tl.reshape(z, [BLOCK_T, SITES_P, BLOCK_V]), _NEG), axis=1)
+        zf = tl.max(tl.where(slot3 == SITES_P - 1, tl.reshape(z, [BLOCK_T, SITES_P, BLOCK_V]), NEG), axis=1)
         qf = tl.exp(zf - lf_t[:, None])  # [BLOCK_T, BLOCK_V]; padded columns give 0
         p_tot += tl.sum(qf, axis=1)
         qf_r = tl.reshape(tl.broadcast_to(qf[:, None, :], [BLOCK_T, SITES_P, BLOCK_V]), [ROWS, BLOCK_V])
@@ -343,15 +228,15 @@ def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr, sid_ptr,
             z_tgt += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
 
         # running top-k: insert the tile's best remaining key while it beats the row's worst
-        top = _topk_fold(top, tl.where(col_ok[None, :] & row_ok[:, None], _key(z, cols[None, :]), _KEY_MIN),
-                         kslot, k_ok, KP)
+        top = topk_fold(top, tl.where(col_ok[None, :] & row_ok[:, None], logit_key(z, cols[None, :]), KEY_MIN),
+                        kslot, k_ok, KP)
 
     # ---- finish
     log_s = tl.log(s)
     lse = m + log_s
     entropy = log_s - u / s
     lse_f = tl.max(tl.where(tl.arange(0, SITES_P)[None, :] == SITES_P - 1,
-                            tl.reshape(lse, [BLOCK_T, SITES_P]), _NEG), axis=1)
+                            tl.reshape(lse, [BLOCK_T, SITES_P]), NEG), axis=1)
     lse_f_r = tl.reshape(tl.broadcast_to(lse_f[:, None], [BLOCK_T, SITES_P]), [ROWS])
     p_r = tl.reshape(tl.broadcast_to(p_tot[:, None], [BLOCK_T, SITES_P]), [ROWS])
     kl = kl_acc / p_r - lse_f_r + lse
@@ -367,7 +252,7 @@ def _lens_kernel(x_ptr, w_ptr, b_ptr, tgt_ptr, ft_ptr, lf_ptr, sid_ptr,
     if N_SETS > 0:
         tl.store(set_out + out[:, None] * N_SETS + set_j[None, :], set_acc / s[:, None],
                  mask=store[:, None] & (set_j[None, :] < N_SETS))
-    _topk_store(top, tk_id_out, tk_val_out, out, store, K, False)
+    topk_store(top, tk_id_out, tk_val_out, out, store, K, False)
 
 
 def _interpreting() -> bool:

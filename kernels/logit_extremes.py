@@ -5,16 +5,16 @@
 Rows x [R, d] (for direct logit attribution: components' direct contributions, already
 times the final norm's frozen gain) against w [V, d]: z = x · wᵀ, no bias, no softcap,
 over the whole vocabulary without materialising [R × V]. One program per block of ROWS
-rows loops over vocab tiles; each tile [ROWS × BLOCK_V] comes from kernels/lens_stats.py's
-`_tile_logits` (tl.dot, fp32 accumulation; HAS_BIAS and HAS_SOFTCAP off) and is folded
-into two running sets of k keys per row by the same `_topk_fold` as the lens kernel:
+rows loops over vocab tiles; each tile [ROWS × BLOCK_V] comes from kernels/tiles.py's
+`tile_logits` (tl.dot, fp32 accumulation; HAS_BIAS and HAS_SOFTCAP off) and is folded
+into two running sets of k keys per row by the same `topk_fold` as the lens kernel:
 keys of z for the top-k and keys of -z for the bottom-k.
 
-Keys (`_key`): (order-preserving int32 image of the fp32 value) << 32 | (2^31−1 − id), so
+Keys (`logit_key`): (order-preserving int32 image of the fp32 value) << 32 | (2^31−1 − id), so
 the larger key is the larger value and, among equal values, the lower id: the TIE RULE of
 reference.py, for the bottom-k too (the top-k of -z: most negative first, equal logits by
 ascending id). -0.0 is mapped to +0.0 first. At the end each set is emitted in descending
-key order (`_topk_store`), the bottom-k's values negated back.
+key order (`topk_store`), the bottom-k's values negated back.
 
 Precision: as kernels/lens_stats.py (fp32 w: tl.dot input_precision, "tf32x3" by default;
 bf16 w: x split into three bf16 parts, so x stays fp32-accurate against the bf16 weights).
@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .lens_stats import _KEY_MIN, MAX_K, _key, _tile_logits, _topk_fold, _topk_store
+from .tiles import KEY_MIN, MAX_K, logit_key, tile_logits, topk_fold, topk_store
 
 
 @triton.jit
@@ -49,19 +49,19 @@ def _extremes_kernel(x_ptr, w_ptr, top_id_out, top_val_out, bot_id_out, bot_val_
     row_off = rows.to(tl.int64) * stride_x
     kslot = tl.arange(0, KP)
     k_ok = kslot < K
-    top = tl.full([ROWS, KP], _KEY_MIN, tl.int64)
-    bottom = tl.full([ROWS, KP], _KEY_MIN, tl.int64)
+    top = tl.full([ROWS, KP], KEY_MIN, tl.int64)
+    bottom = tl.full([ROWS, KP], KEY_MIN, tl.int64)
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < V
-        z = _tile_logits(x_ptr, row_off, row_ok, w_ptr, w_ptr, cols, col_ok, d, stride_w, 0.0,
-                         False, False, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D, X_BF16)
+        z = tile_logits(x_ptr, row_off, row_ok, w_ptr, w_ptr, cols, col_ok, d, stride_w, 0.0,
+                        False, False, W_BF16, BF16_DOT, PREC, ROWS, BLOCK_V, BLOCK_D, X_BF16)
         ok = col_ok[None, :] & row_ok[:, None]
-        top = _topk_fold(top, tl.where(ok, _key(z, cols[None, :]), _KEY_MIN), kslot, k_ok, KP)
-        bottom = _topk_fold(bottom, tl.where(ok, _key(-z, cols[None, :]), _KEY_MIN), kslot, k_ok, KP)
+        top = topk_fold(top, tl.where(ok, logit_key(z, cols[None, :]), KEY_MIN), kslot, k_ok, KP)
+        bottom = topk_fold(bottom, tl.where(ok, logit_key(-z, cols[None, :]), KEY_MIN), kslot, k_ok, KP)
     out = rows.to(tl.int64)
-    _topk_store(top, top_id_out, top_val_out, out, row_ok, K, False)
-    _topk_store(bottom, bot_id_out, bot_val_out, out, row_ok, K, True)
+    topk_store(top, top_id_out, top_val_out, out, row_ok, K, False)
+    topk_store(bottom, bot_id_out, bot_val_out, out, row_ok, K, True)
 
 
 def logit_extremes(x, w, k, *, block_v: int | None = None, block_d: int | None = None,

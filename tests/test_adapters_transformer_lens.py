@@ -4,7 +4,7 @@ Each TransformerLens model is built offline from a tiny random HF model of a fam
 SmolLM2: a TransformerBridge (its raw forward; enable_compatibility_mode with no processing, with
 the default processing, and with refactor_factored_attn_matrices where the model allows it) and,
 where TransformerLens < 4 still has it, a HookedTransformer (processing off and at the defaults
-of from_pretrained). Its statistics, through LensModel.from_transformer_lens + capture and through
+of from_pretrained). Its statistics, through adapters.transformer_lens.lens_model + capture and through
 run_with_cache, must equal the float64 reference of the HF model (hf_oracle.py), centred over
 the vocabulary where center_unembed centred the unembedding.
 """
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fusedlens import AdapterError, LensModel, LogitLens, capture_residuals
-from fusedlens.adapters.transformer_lens import is_centred, residuals_from_cache
+from fusedlens.adapters.transformer_lens import is_centred, lens_model, residuals_from_cache
 from hf_oracle import K, Oracle, fresh_ids, right_padded
 from tiny_models import ARCHS, VOCAB, tiny_model, tiny_tokenizer
 
@@ -100,7 +100,7 @@ def hooked(hf_model, tokenizer, processing: str, folder):
 def adapt(tl_model):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        lm = LensModel.from_transformer_lens(tl_model)
+        lm = lens_model(tl_model)
     centred = [w for w in caught if "centred" in str(w.message)]
     assert len(centred) == lm.logits_centered  # the warning comes exactly when the logits are centred
     return lm
@@ -165,7 +165,8 @@ def test_padding_gives_the_rows_run_alone(side, tokenizer):
 @torch.no_grad()
 def test_logit_lens_and_corpus_run(tokenizer, corpus_file, tmp_path):
     from fusedlens.data.corpus import iter_sequences
-    from fusedlens.run.job import RunConfig, run
+    from fusedlens.job import RunConfig
+    from fusedlens.job import run_corpus as run
 
     hf_model = tiny_model("llama")
     lm = adapt(bridge(hf_model, tokenizer, "default"))
@@ -255,7 +256,7 @@ class Tanh(nn.Module):
 ])
 def test_bad_models_are_one_line_errors(model, match):
     with pytest.raises(AdapterError, match=match) as err:
-        LensModel.from_transformer_lens(model)
+        lens_model(model)
     assert "\n" not in str(err.value)
 
 

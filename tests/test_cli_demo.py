@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from fusedlens import ops, reference
+from fusedlens import ops
+from fusedlens.ops import reference
 from fusedlens.core.capture import capture_residuals
 from fusedlens.cli.demo import run_demo
 from fusedlens.data.pydoc import pydoc_text

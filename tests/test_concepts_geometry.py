@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from concepts_reference import causal_gram, cos, tables
-from fusedlens.concepts.geometry import CausalInnerProduct, concept_geometry, cosine_matrix, covariance, tied
+from fusedlens.concepts.geometry import CausalInnerProduct, geometry_tables, cosine_matrix, covariance, tied
 
 TOL = 1e-9  # float64 both ways; Cov's condition number here is ~10, so eigh vs inv differ by ~1e-14
 
@@ -38,7 +38,7 @@ def test_tables_equal_numpy_loops(causal):
     gamma, _, d_gamma, d_g, groups = _random_case()
     metric = CausalInnerProduct.from_unembedding(gamma) if causal else None
     assert metric is None or metric.ridge == 0.0
-    geo = concept_geometry(d_gamma, d_g, groups, metric)
+    geo = geometry_tables(d_gamma, d_g, groups, metric)
     m = causal_gram(gamma.numpy()) if causal else None
     _assert_tables(geo, tables(d_gamma.numpy(), d_g.numpy(), [g.tolist() for g in groups], m))
     assert math.isnan(float(geo.within[1]))  # one pair: no within-concept consistency
@@ -85,10 +85,10 @@ def test_singular_covariance_is_regularised_and_stated(case):
 
 def test_one_concept_one_pair_odd_shapes():
     gamma, emb, d_gamma, d_g, groups = _random_case(vocab=7, d=3, sizes=(1,))
-    geo = concept_geometry(d_gamma, d_g, groups, CausalInnerProduct.from_unembedding(gamma))
+    geo = geometry_tables(d_gamma, d_g, groups, CausalInnerProduct.from_unembedding(gamma))
     assert math.isnan(float(geo.pairs[0, 0])) and math.isnan(geo.between_mean())
     assert float(geo.directions[0, 0]) == pytest.approx(1.0, abs=1e-12)
-    geo = concept_geometry(d_gamma, None, groups)  # no embedding: alignment NaN, not an error
+    geo = geometry_tables(d_gamma, None, groups)  # no embedding: alignment NaN, not an error
     assert geo.alignment.isnan().all() and geo.alignment_pairs.isnan().all()
 
 
@@ -111,11 +111,11 @@ def test_bad_widths_are_one_line_value_errors():
     metric = CausalInnerProduct.from_unembedding(gamma)
     for call, name in ((lambda: metric.inner(torch.randn(2, 47, dtype=torch.float64), d_gamma), "x"),
                        (lambda: metric.cosine(d_gamma, torch.randn(49, dtype=torch.float64)), "y"),
-                       (lambda: concept_geometry(d_gamma, d_g[:, :-1], groups), "d_g"),
-                       (lambda: concept_geometry(d_gamma, d_g[:-1], groups), "d_g"),
-                       (lambda: concept_geometry(d_gamma[:, :10], None, groups, metric), "d_gamma"),
+                       (lambda: geometry_tables(d_gamma, d_g[:, :-1], groups), "d_g"),
+                       (lambda: geometry_tables(d_gamma, d_g[:-1], groups), "d_g"),
+                       (lambda: geometry_tables(d_gamma[:, :10], None, groups, metric), "d_gamma"),
                        (lambda: CausalInnerProduct.from_unembedding(torch.randn(5)), "unembedding"),
-                       (lambda: concept_geometry(d_gamma * math.nan, None, groups), "d_gamma")):
+                       (lambda: geometry_tables(d_gamma * math.nan, None, groups), "d_gamma")):
         with pytest.raises(ValueError) as e:
             call()
         assert str(e.value).startswith(name + ":") and "\n" not in str(e.value)

@@ -10,7 +10,8 @@ import torch
 
 from fusedlens.core.capture import capture_residuals
 from fusedlens.core.models import LensModel
-from fusedlens.dla.components import ComponentCapture, block_parts
+from fusedlens.core.components import ComponentCapture
+from fusedlens.core.structure import block_parts
 from fusedlens.intervene import Edit, Intervention, run_with
 from tiny_models import ARCHS, random_batch, tiny_model
 

@@ -1,4 +1,4 @@
-"""fusedlens.lens_kl (fused KL and its gradient) on every backend against float64 autograd.
+"""fusedlens.ops.lens_kl (fused KL and its gradient) on every backend against float64 autograd.
 
 The oracle materialises the logits in float64 and differentiates KL(p_final ‖ q) with
 autograd; a random upstream gradient per row checks the backward's scaling. Tolerances:

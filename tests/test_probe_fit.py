@@ -11,7 +11,8 @@ from fusedlens.ops import reference
 from fusedlens.core.capture import capture_residuals
 from fusedlens.core.models import LensModel
 from fusedlens.data.windows import windows
-from fusedlens.probe import TARGETS, probe
+from fusedlens.probe import TARGETS
+from fusedlens.probe import fit_probes as probe
 from fusedlens.probe.user_targets import TargetFile
 from ridge_bounds import fp32_gram_r2_bound
 from tiny_models import VOCAB, tiny_model

@@ -8,7 +8,7 @@ import torch
 
 from fusedlens import steer
 from fusedlens.core.models import LensModel
-from fusedlens.dla.components import block_parts
+from fusedlens.core.structure import block_parts
 from fusedlens.intervene import generate as generate_with
 from fusedlens.intervene import run_with
 from tiny_models import ARCHS, VOCAB, random_batch, tiny_model, tiny_tokenizer

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fusedlens import steer
-from fusedlens.core.capture import mid_norm
+from fusedlens.core.structure import mid_norm
 from fusedlens.core.models import LensModel
 from fusedlens.data.windows import windows
 from fusedlens.intervene import generate as generate_with

@@ -192,9 +192,9 @@ def test_cli_on_the_real_model(real_lm, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(fusedlens.data.windows, "corpus_ids", lambda tokenizer: short)
     out = str(tmp_path / "lens")
     assert main(["tuned", "train", "--out", out, "--steps", "2", "--tokens-per-step", "16", "--seq-len", "16",
-                 "--eval-tokens", "1000", "--quiet"]) == 0
+                 "--eval-tokens", "1000", "--no-progress"]) == 0
     assert main(["tuned", "eval", "--lens", out, "--tokens", "24", "--seq-len", "12", "--eval-tokens", "1000",
-                 "--quiet"]) == 0
+                 "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "KL tuned" in text and "resid.28" in text
     for name in ("params.pt", "config.json", "train_state.pt", "tuned_eval.json", "tuned_eval.png"):

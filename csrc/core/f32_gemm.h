@@ -2,7 +2,7 @@
 // residual rows and B a tile of W_U rows, both packed once and reused. It beats calling
 // the BLAS per token group because the B tile is packed once for all the groups of a
 // sweep (a BLAS call re-packs it every time: 12 % of the sweep's time under MKL) and the
-// register tile is chosen per ISA (bench/results/lens_cpu_per_isa.json).
+// register tile is chosen per ISA (bench/results/lens_stats_per_isa.json).
 //
 // Summation order: each C[r, j] is one FMA chain over k in increasing order (k-blocks
 // continue the same chain), so a logit does not depend on which rows it was computed

@@ -249,7 +249,7 @@ std::vector<torch::Tensor> lens_stats(const torch::Tensor& xn_in, const torch::T
 
 // The same sweep with no epilogue: every tile of logits of xn [S, T, d] against w [V, d] computed
 // (groups of token_block tokens of all sites, as lens_stats' second phase has them) and dropped.
-// The floor of our own tile GEMM, for the benchmarks (bench/lens_cpu.py: own_tile_gemm).
+// The floor of our own tile GEMM, for the benchmarks (bench/lens_stats.py: own_tile_gemm).
 void sweep_floor(const torch::Tensor& xn_in, const torch::Tensor& w_in, int64_t token_block, int64_t vocab_tile) {
   TORCH_CHECK(xn_in.dim() == 3 && w_in.dim() == 2 && xn_in.size(2) == w_in.size(1), "sweep_floor: bad shapes");
   TORCH_CHECK(xn_in.scalar_type() == torch::kFloat32 && w_in.scalar_type() == torch::kFloat32,

@@ -20,7 +20,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..core.capture import Residuals, check_layers, mid_norm_name, residuals_from_tensors
+from ..core.capture import Residuals, check_layers, residuals_from_tensors
+from ..core.structure import mid_norm_name
 from ..core.models import AdapterError, LensModel
 
 

@@ -1,8 +1,8 @@
 """TransformerLens models as a LensModel, and the residuals of a TransformerLens cache.
 
-    lm = LensModel.from_transformer_lens(model)   # HookedTransformer (TransformerLens <= 3.x) or
+    lm = lens_model(model)                        # HookedTransformer (TransformerLens <= 3.x) or
                                                   # TransformerBridge (3.x, 4.x; compatibility mode or not)
-    LogitLens(lm).run(...), capture_residuals(lm, ids), fusedlens.run.job.run(cfg, lm=lm)
+    LogitLens(lm).run(...), capture_residuals(lm, ids), fusedlens.job.run_corpus(cfg, lm=lm)
     logits, cache = model.run_with_cache(ids)
     res = residuals_from_cache(cache, ids)        # hidden [sites, tokens, d_model] → ops.lens_stats(res.hidden, ...)
 
@@ -132,7 +132,7 @@ def _runner(model):
 
 
 def lens_model(model, tokenizer=None) -> LensModel:
-    """The LensModel of a HookedTransformer or TransformerBridge (`LensModel.from_transformer_lens`)."""
+    """The LensModel of a HookedTransformer or TransformerBridge."""
     kind = model_kind(model)
     cfg = _part(model, "cfg", kind)
     blocks = _part(model, "blocks", kind)

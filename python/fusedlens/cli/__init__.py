@@ -1,5 +1,5 @@
 """The command line, `fusedlens <command>` (also `python -m fusedlens`): one module per command, each
-registering the same way, its flags built from its config dataclass (cli.config)."""
+registering the same way, its flags built from its config dataclass (cli.options)."""
 from __future__ import annotations
 
 import argparse

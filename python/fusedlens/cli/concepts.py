@@ -1,14 +1,15 @@
-"""`fusedlens concepts`: concept geometry (seed 001) of a model's embedding and unembedding — within- and
+"""`fusedlens concepts`: concept geometry (Park et al. 2024) of a model's embedding and unembedding — within- and
 between-concept cosines and embedding–unembedding alignment, Euclidean and causal."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..core.checks import check_output_dir
-from ..core.config import ModelOptions, option, out_default
-from .config import add_arguments, from_args
+from ..core.fields import option
+from ..core.models import ModelOptions
+from .options import add_arguments, from_args, out_default
 
-HELP = "concept geometry: cosines of unembedding/embedding differences of concept pairs (seed 001)"
+HELP = "concept geometry: cosines of unembedding/embedding differences of concept pairs (Park et al. 2024)"
 
 
 @dataclass(kw_only=True)
@@ -24,7 +25,7 @@ class ConceptsConfig(ModelOptions):
 
 
 def main(args) -> int:
-    from ..concepts import BUILTIN, concepts
+    from ..concepts import BUILTIN, concept_geometry
     from ..report.concepts import format_concepts_table, write_concepts_outputs
 
     cfg = from_args(ConceptsConfig, args)
@@ -39,7 +40,7 @@ def main(args) -> int:
     lists = resolve(cfg.concepts or None)  # bad names or files fail before the model loads
     check_output_dir("out", cfg.out, "concepts")
     lm = cfg.load()
-    result = concepts(lm, lists, form=cfg.form, progress=cfg.progress)
+    result = concept_geometry(lm, lists, form=cfg.form, progress=cfg.progress)
     print(format_concepts_table(result))
     print("wrote " + ", ".join(write_concepts_outputs(result, cfg.out, cfg.name)))
     return 0

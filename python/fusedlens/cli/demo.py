@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 from .. import report
 from ..core.checks import check_output_dir
-from ..core.config import option, out_default
+from ..core.files import write_json
+from ..core.fields import option
 from ..core.models import LensModel, load_model
 from ..data.windows import corpus_ids
 from ..lens.logit_lens import LogitLens
-from .config import add_arguments, from_args
+from .options import add_arguments, from_args, out_default
 
 HELP = "logit lens of the embedded SmolLM2-135M over pydoc text: table, JSON and pictures"
 
@@ -41,7 +42,7 @@ def run_demo(n_tokens: int = 2048, seq_len: int = 512, out_dir: str = out_defaul
     say(f"logit lens over {result.n_tokens} tokens of pydoc_data.topics in {time.perf_counter() - t1:.1f}s\n")
     say(report.format_table(rows))
     say(f"\nmean prediction depth: {result.mean_prediction_depth:.2f} (sites, 0 = embedding)")
-    report.write_json({"model": lm.describe(), "tokens": result.n_tokens,
+    write_json({"model": lm.describe(), "tokens": result.n_tokens,
                        "mean_prediction_depth": result.mean_prediction_depth, "layers": rows},
                       os.path.join(out_dir, "demo.json"))
     report.plot_layer_curves(rows, os.path.join(out_dir, "demo_logit_lens.png"),

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 from ..core.backends import BACKENDS
 from ..core.checks import check_output_dir
-from ..core.config import BACKEND_HELP, ModelOptions, option, out_default
+from ..core.backends import BACKEND_HELP
+from ..core.fields import option
+from ..core.models import ModelOptions
 from ..directions.solve import KINDS
-from .config import add_arguments, from_args
+from .options import add_arguments, from_args, out_default
 
 HELP = ("reading vectors from a contrast (pos/neg, pairs or a labeled file): difference of means, PCA of paired "
         "differences (RepE), Fisher/LDA per layer; held-out accuracy/AUROC, directions.pt, plot, LAT scan")

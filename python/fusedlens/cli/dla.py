@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from ..core.backends import BACKENDS
 from ..core.checks import check_output_dir
-from ..core.config import BACKEND_HELP, ModelOptions, option, out_default
-from .config import add_arguments, from_args
+from ..core.backends import BACKEND_HELP
+from ..core.fields import option
+from ..core.models import ModelOptions
+from .options import add_arguments, from_args, out_default
 
 HELP = "direct logit attribution: each block's, head's and neuron's direct effect on the logits"
 
@@ -59,7 +61,7 @@ def _read_prompts(cfg: DLAConfig):
 
 
 def main(args) -> int:
-    from ..dla.run import dla, parse_components
+    from ..dla import direct_logit_attribution, parse_components
     from ..report.dla import format_dla_table, write_dla_outputs
 
     cfg = from_args(DLAConfig, args)
@@ -72,8 +74,8 @@ def main(args) -> int:
     check_output_dir("out", cfg.out, "dla")
     lm = cfg.load()
     sources = [h.strip() for h in cfg.sources.split(",") if h.strip()] if cfg.sources else []
-    result = dla(lm, prompts, components, answer=answer, counterfactual=counter, k=cfg.k, backend=cfg.backend,
-                 sources=sources)
+    result = direct_logit_attribution(lm, prompts, components, answer=answer, counterfactual=counter, k=cfg.k,
+                                      backend=cfg.backend, sources=sources)
     kind = "diff" if counter is not None else "answer" if answer is not None else "top1"
     print(format_dla_table(result, kind, cfg.top, lm.tokenizer))
     paths = write_dla_outputs(result, cfg.out, kind, lm.tokenizer, cfg.top)

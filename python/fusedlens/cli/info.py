@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..core.config import ModelOptions
-from .config import add_arguments, from_args
+from ..core.models import ModelOptions
+from .options import add_arguments, from_args
 
 HELP = "what the adapter finds in a model (layers, final norm, unembedding) and the CPU's ISA and kernel variants"
 

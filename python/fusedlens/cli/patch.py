@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.checks import check_output_dir
-from ..core.config import ModelOptions, option, out_default
-from .config import add_arguments, from_args, parse_positions
+from ..core.fields import option
+from ..core.models import ModelOptions
+from .options import add_arguments, from_args, out_default, parse_positions
 
 HELP = "activation patching: restore a clean run's state into a corrupted run at every layer and position"
 
@@ -84,7 +85,7 @@ def _knockout(cfg: PatchConfig) -> int:
 
     from ..intervene.patching import knockout
     from ..report.patch import plot_knockout
-    from ..report.common import write_json
+    from ..core.files import write_json
 
     check_output_dir("out", cfg.out, "patch")
     lm = cfg.load()

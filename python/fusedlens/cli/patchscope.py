@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass
 
 from ..core.checks import check_output_dir
-from ..core.config import ModelOptions, option, out_default
-from .config import add_arguments, from_args
+from ..core.fields import option
+from ..core.models import ModelOptions
+from .options import add_arguments, from_args, out_default
 
 HELP = "patchscopes: a hidden state of one prompt, written into another, read out by generation"
 
@@ -31,7 +32,7 @@ class PatchscopeConfig(ModelOptions):
 def main(args) -> int:
     from ..core.capture import parse_layers
     from ..intervene.patchscope import patchscope
-    from ..report.common import write_json
+    from ..core.files import write_json
 
     cfg = from_args(PatchscopeConfig, args)
     from ..intervene.patchscope import TARGETS

@@ -5,9 +5,11 @@ from dataclasses import dataclass
 
 from ..core.backends import BACKENDS
 from ..core.checks import check_output_dir
-from ..core.config import BACKEND_HELP, ModelOptions, option, out_default
+from ..core.backends import BACKEND_HELP
+from ..core.fields import option
+from ..core.models import ModelOptions
 from ..probe.targets import TARGETS
-from .config import add_arguments, from_args
+from .options import add_arguments, from_args, out_default
 
 HELP = ("per-layer ridge probes of the final output (correct-token logit, ...) at any lag, and of your own "
         "targets and classes: held-out R² / accuracy table, JSON and PNG")
@@ -22,7 +24,7 @@ class ProbeConfig(ModelOptions):
     targets: str = option(",".join(TARGETS), f"comma-separated, from {','.join(TARGETS)} (the first one gets the "
                                              "full table)")
     lags: list[int] = option([0], "lag K (repeatable): x_t is probed for the target of position t+K of its "
-                                   "sequence; -1 is seed 000 as written", flag="--lag")
+                                   "sequence; -1 is the linear-accuracy post's experiment as written", flag="--lag")
     text: str | None = option(None, "a UTF-8 text file as corpus (default: pydoc_data.topics)")
     targets_file: str | None = option(None, "per-token targets of your own with their texts: JSONL "
                                             "({text, targets|spans|label} per line) or Parquet (with --texts)")
@@ -31,13 +33,13 @@ class ProbeConfig(ModelOptions):
     where: str | None = option(None, "keep only rows where this target of the targets file has a value")
     backend: str | None = option(None, BACKEND_HELP, choices=BACKENDS)
     out: str = option(out_default("probe"), "output folder")
-    progress: bool = option(True, "no progress bar", deprecated=("--quiet",))
+    progress: bool = option(True, "no progress bar")
 
 
 def main(args) -> int:
     from ..core.files import read_text
-    from ..probe.fit import probe
-    from ..probe.rows import check_lags, parse_positions
+    from ..probe import fit_probes
+    from ..probe.rows import check_lags, parse_position_ranges
     from ..probe.user_targets import parse_target_file
     from ..report.probe import format_number, format_probe_table, write_probe_outputs
 
@@ -50,7 +52,7 @@ def main(args) -> int:
         if getattr(cfg, name) < low:
             raise ValueError(f"{name}: expected >= {low}, got {getattr(cfg, name)}")
     check_lags(cfg.lags)
-    parse_positions(cfg.positions)
+    parse_position_ranges(cfg.positions)
     if cfg.text and cfg.targets_file:
         raise ValueError("text: a targets file brings its own texts; give --text or --targets-file")
     if cfg.texts and not cfg.targets_file:
@@ -67,7 +69,7 @@ def main(args) -> int:
                              f"got {cfg.where!r}")
     check_output_dir("out", cfg.out, "probe")
     lm = cfg.load()
-    result = probe(lm, corpus, train_tokens=cfg.train_tokens, heldout_tokens=cfg.heldout_tokens, seq_len=cfg.seq_len,
+    result = fit_probes(lm, corpus, train_tokens=cfg.train_tokens, heldout_tokens=cfg.heldout_tokens, seq_len=cfg.seq_len,
                    targets=targets, user_targets=user, lags=cfg.lags, positions=cfg.positions, where=cfg.where,
                    folds=cfg.folds, backend=cfg.backend, progress=cfg.progress)
     print(format_probe_table(result))

@@ -1,12 +1,14 @@
-"""`fusedlens refine`: guess-then-refine (seed 002) over a corpus, logit lens and a tuned lens side by side."""
+"""`fusedlens refine`: guess-then-refine (Gupta et al. 2025) over a corpus, logit lens and a tuned lens side by side."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..core.backends import BACKENDS
 from ..core.checks import check_output_dir
-from ..core.config import BACKEND_HELP, ModelOptions, option, out_default
-from .config import add_arguments, from_args
+from ..core.backends import BACKEND_HELP
+from ..core.fields import option
+from ..core.models import ModelOptions
+from .options import add_arguments, from_args, out_default
 
 HELP = "guess then refine: top-1 and probability mass by token-frequency bucket per layer, refine rates, depth"
 
@@ -37,7 +39,7 @@ def main(args) -> int:
     from ..core.files import read_jsonl, read_text
     from ..refine.classes import read_class_map
     from ..refine.frequency import TokenCounts, parse_buckets
-    from ..refine.run import refine
+    from ..refine.api import refine
     from ..report.refine import format_refine_table, write_refine_outputs
     from ..tuned.lens import read_config
 

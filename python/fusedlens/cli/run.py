@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import os
 
-from ..run.job import RunConfig
-from .config import add_arguments, from_args
+from ..job import RunConfig
+from .options import add_arguments, from_args
 
 HELP = "a corpus through a model: per-layer lens (and probe) results, resumable"
 
 
 def main(args) -> int:
     from ..report import format_table
-    from ..run.job import run
+    from ..job import run_corpus
 
     cfg = from_args(RunConfig, args)
-    summary = run(cfg)
+    summary = run_corpus(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(format_table(summary["layers"]))
         print(f"\n{summary['tokens']} tokens; wrote {cfg.out}/summary.json, throughput.json, layers.png, grid.png, "

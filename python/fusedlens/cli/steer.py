@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass
 
 from ..core.checks import check_output_dir
-from ..core.config import ModelOptions, option, out_default
-from .config import add_arguments, from_args, parse_positions
+from ..core.fields import option
+from ..core.models import ModelOptions
+from .options import add_arguments, from_args, out_default, parse_positions
 
 HELP = "steering: add a vector (directions file, tensor file or ActAdd --plus/--minus) to the residual stream"
 KINDS = ("mean_diff", "pca", "lda")
@@ -69,7 +70,7 @@ def parse_numbers(name: str, spec: str) -> list[float]:
 
 
 def main(args) -> int:
-    from ..report.common import write_json
+    from ..core.files import write_json
     from ..report.steer import format_generation, format_scan_table, write_scan_outputs
     from .. import steer
     from ..steer.scan import DEFAULT_PROMPTS

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 from ..core.backends import BACKENDS
 from ..core.checks import check_output_dir
-from ..core.config import BACKEND_HELP, ModelOptions, option, out_default
+from ..core.backends import BACKEND_HELP
+from ..core.fields import option
+from ..core.models import ModelOptions
 from ..tuned.train import TrainConfig
-from .config import add_arguments, from_args
+from .options import add_arguments, from_args, out_default
 
 HELP = "train a tuned lens / compare it with the logit lens on held-out text"
 DEFAULT_LENS = out_default("tuned")
@@ -21,7 +23,7 @@ DEFAULT_LENS = out_default("tuned")
 @dataclass(kw_only=True)
 class CorpusOptions(ModelOptions):
     eval_tokens: int = option(8192, "tokens at the corpus end held out from training")
-    progress: bool = option(True, "no progress bar", deprecated=("--quiet",))
+    progress: bool = option(True, "no progress bar")
 
 
 @dataclass(kw_only=True)

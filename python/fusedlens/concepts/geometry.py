@@ -146,7 +146,7 @@ class Geometry:
         return float(off.mean()) if off.numel() else math.nan
 
 
-def concept_geometry(d_gamma: torch.Tensor, d_g: torch.Tensor | None, groups: list[torch.Tensor],
+def geometry_tables(d_gamma: torch.Tensor, d_g: torch.Tensor | None, groups: list[torch.Tensor],
                      metric: CausalInnerProduct | None = None) -> Geometry:
     """Tables of difference vectors d_gamma [pairs, d] (and d_g, the embedding's, or None) grouped into
     concepts by `groups` (index tensors into the pairs), under the Euclidean inner product (metric None)

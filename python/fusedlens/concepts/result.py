@@ -1,4 +1,4 @@
-"""What `concepts()` returns: the pairs it used and skipped, and the cosine tables under the Euclidean and
+"""What `concept_geometry()` returns: the pairs it used and skipped, and the cosine tables under the Euclidean and
 the causal inner product, loadable from its JSON."""
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class ConceptsResult:
                 "pairs": self.pairs, "skipped": self.skipped}
 
     def save_json(self, path: str) -> None:
-        from ..report.common import write_json
+        from ..core.files import write_json
 
         write_json(self.to_json(), path)
 

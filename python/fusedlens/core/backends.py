@@ -9,6 +9,7 @@ import torch
 
 BACKENDS = ("torch", "cpu", "triton")
 COMPUTE_MODES = ("fp32", "bf16")  # the GEMM operands: float32, or rounded to bf16
+BACKEND_HELP = "kernel backend: torch (float64 reference), cpu (C++) or triton (CUDA); default: the fastest here"
 
 try:
     from .. import _C
@@ -50,6 +51,29 @@ def resolve_compute(compute: str, weight: torch.Tensor, backend: str | None = No
     if compute not in COMPUTE_MODES:
         raise ValueError(f"compute: expected 'auto' or one of {COMPUTE_MODES}, got {compute!r}")
     return compute
+
+
+def fused_operands(weight: torch.Tensor, compute: str, backend: str, *,
+                   as_given: bool = False) -> tuple[torch.Tensor, bool]:
+    """(weight, round_rows) for a fused sweep (backend "cpu" or "triton") under a resolved `compute`.
+
+    compute="bf16": the C++ bf16-dot sweep (a CPU with bf16 dot) takes bf16 weights and rounds the
+    rows itself. Elsewhere (Triton, or a CPU without bf16 dot) round_rows is True: the caller rounds
+    the rows to bf16, and on the CPU the fp32 sweep multiplies the rounded operands (their products
+    are exact in fp32: the same numbers at the fp32 speed). compute="fp32": float32 weights.
+    as_given: float32 and bfloat16 weights go unchanged to the bf16-dot sweep (it rounds float32
+    tiles as it packs them) and, with compute="fp32", to Triton (ops.lens_kl)."""
+    bf16_kernel = compute == "bf16" and backend == "cpu" and bf16_dot_on_cpu()
+    round_rows = compute == "bf16" and not bf16_kernel
+    native = weight.dtype in (torch.float32, torch.bfloat16)
+    if compute == "bf16":
+        if not (as_given and bf16_kernel and native):
+            weight = weight.bfloat16()
+        if round_rows and backend == "cpu":
+            weight = weight.float()
+    elif not (as_given and backend == "triton" and native):
+        weight = weight.float()
+    return weight, round_rows
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:

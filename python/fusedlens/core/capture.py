@@ -20,40 +20,11 @@ from torch import nn
 
 from .checks import IGNORE_INDEX, check_ids, check_same_width, check_tensor
 from .models import LensModel
-
-# Norms that take the mid-layer residual as input (the MLP's pre-norm), in
-# preference order; Gemma's post_attention_layernorm normalises the attention
-# output instead, so its pre_feedforward_layernorm comes first.
-MID_NORMS = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2", "final_layer_norm")
+from .structure import first_tensor, mid_norm
 
 
 class _StopForward(Exception):
     pass
-
-
-def _first_tensor(x):
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
-        return x[0]
-    raise TypeError(f"cannot find the hidden state in a {type(x).__name__}")
-
-
-def mid_norm_name(block: nn.Module) -> str:
-    """The attribute of an HF decoder block whose input is the mid-layer residual (its pre-MLP norm)."""
-    if getattr(getattr(block, "config", None), "use_parallel_residual", False) or getattr(block, "use_parallel_residual", False):
-        raise ValueError(f"{type(block).__name__} runs attention and MLP in parallel: there is no mid-layer residual")
-    # Post-LN blocks (OPT-350m) normalise after the sum: their final_layer_norm's input is not the mid residual.
-    if getattr(block, "do_layer_norm_before", True) is False:
-        raise ValueError(f"{type(block).__name__} is post-LN (do_layer_norm_before=False): no pre-MLP norm to hook")
-    for name in MID_NORMS:
-        if isinstance(getattr(block, name, None), nn.Module):
-            return name
-    raise ValueError(f"{type(block).__name__}: no mid-layer site (looked for {', '.join(MID_NORMS)})")
-
-
-def mid_norm(block: nn.Module) -> nn.Module:
-    return getattr(block, mid_norm_name(block))
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -181,7 +152,7 @@ class ResidualCapture:
                                 if any(s.startswith("mid.") for s in missing) else ""))
         for site in self.sites:
             def hook(_m, _args, out, site=site):
-                self._emit(site, _first_tensor(out))
+                self._emit(site, first_tensor(out))
                 self._stop_after(site)
             self._handles.append(points[site].register_forward_hook(hook))
         return self
@@ -201,7 +172,7 @@ class ResidualCapture:
                 self._handles.append(mid_norm(blocks[i]).register_forward_pre_hook(mid_hook))
 
             def out_hook(_m, _args, out, i=i):
-                self._emit(f"resid.{i}", _first_tensor(out))
+                self._emit(f"resid.{i}", first_tensor(out))
                 self._stop_after(f"resid.{i}")
             self._handles.append(blocks[i].register_forward_hook(out_hook))
         return self
@@ -282,7 +253,7 @@ def residuals_from_tensors(sites: Sequence[str], tensors: Sequence, input_ids: t
     against vocab_size where given). Only the real positions are kept (detached), rows in
     batch-major order, with next-token targets.
     """
-    sites, tensors = list(sites), [_first_tensor(t) if isinstance(t, (tuple, list)) else t for t in tensors]
+    sites, tensors = list(sites), [first_tensor(t) if isinstance(t, (tuple, list)) else t for t in tensors]
     if not sites or len(sites) != len(tensors):
         raise ValueError(f"sites, tensors: expected one tensor per site, got {len(sites)} sites and "
                          f"{len(tensors)} tensors")

@@ -1,4 +1,6 @@
-"""Reading files the tool did not write: every reader here names the argument and the file in a
+"""Files in and out. Writing: `write_json`, the one JSON writer of every analysis and report.
+
+Reading files the tool did not write: every reader here names the argument and the file in a
 one-line ValueError, and none of them can run code (JSON is data; torch files load with
 weights_only=True, which unpickles tensors and plain containers only).
 
@@ -113,3 +115,10 @@ def load_torch(name: str, path):
     except Exception as err:  # truncated zip, not a torch file, ...
         why = str(err).splitlines()[0].split(". ")[0][:120] if str(err) else ""
         raise ValueError(f"{name}: {path} cannot be read as a torch file ({type(err).__name__}: {why})") from None
+
+
+def write_json(obj, path: str) -> None:
+    """obj as indented JSON at path (its folder made where missing)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)

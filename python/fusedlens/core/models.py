@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .fields import option
 from .readout import FinalNorm, Unembed
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -128,7 +129,7 @@ def final_norm_from_module(module: nn.Module, width: int, *, weight_attr: str = 
 
 @dataclass
 class LensModel:
-    """An HF causal LM (or another tool's model: `from_transformer_lens`) with the parts a lens needs exposed.
+    """An HF causal LM (or another tool's model: `adapters.transformer_lens.lens_model`) with the parts a lens needs exposed.
 
     `layers` are the decoder blocks whose outputs form the residual stream; the last
     block's output is the *pre-norm* final residual, and `decode` maps any residual
@@ -140,6 +141,8 @@ class LensModel:
     `run_forward(input_ids, attention_mask, position_ids or None)` runs the model.
     `logits_centered`: the unembedding was centred over the vocabulary (TransformerLens'
     center_unembed), so every logit is the source model's minus its row's mean.
+    `parts`: block parts named by hand for a layout core.structure does not know
+    ({"attn_out": "self_attn.o_proj", ...}); every reader of block parts uses them.
     """
 
     model: nn.Module
@@ -153,10 +156,12 @@ class LensModel:
     hook_points: dict[str, nn.Module] | None = None
     run_forward: Callable | None = None
     logits_centered: bool = False
+    parts: dict | None = None
 
     @classmethod
     def from_hf(cls, model: nn.Module, tokenizer=None, *, layers: str | None = None,
-                final_norm: str | None = None, unembed: str | None = None) -> "LensModel":
+                final_norm: str | None = None, unembed: str | None = None,
+                parts: dict | None = None) -> "LensModel":
         if not isinstance(model, nn.Module) or not hasattr(model, "config"):
             raise AdapterError(f"model: expected a Hugging Face PreTrainedModel, got {type(model).__name__}")
         config = _text_config(model.config)
@@ -182,14 +187,8 @@ class LensModel:
         norm = final_norm_from_module(norm_module, weight.shape[1])
         return cls(model=model, layers=layer_list, final_norm_module=norm_module, norm=norm,
                    unembed=Unembed(weight, bias, softcap), embed=_hf_accessor(model, "get_input_embeddings"), tokenizer=tokenizer,
-                   paths={"layers": layers_path, "final_norm": norm_path, "unembed": unembed or "get_output_embeddings()"})
-
-    @classmethod
-    def from_transformer_lens(cls, model: nn.Module, tokenizer=None) -> "LensModel":
-        """A TransformerLens HookedTransformer or TransformerBridge; see `fusedlens.adapters.transformer_lens`."""
-        from ..adapters.transformer_lens import lens_model  # the one lazy entry point into adapters/
-
-        return lens_model(model, tokenizer)
+                   paths={"layers": layers_path, "final_norm": norm_path, "unembed": unembed or "get_output_embeddings()"},
+                   parts=dict(parts) if parts else None)
 
     @property
     def n_layers(self) -> int:
@@ -320,3 +319,14 @@ def load_model(name_or_path: str | None = None, *, gguf_file: str | None = None,
         hf_logging.set_verbosity(verbosity)
     model.to(device).eval()
     return LensModel.from_hf(model, tokenizer, **adapter_kwargs)
+
+
+@dataclass(kw_only=True)
+class ModelOptions:
+    """Which model: the fields every command that loads one shares."""
+
+    model: str | None = option(None, "HF name, folder or .gguf file (default: the embedded SmolLM2-135M)")
+    gguf_file: str | None = option(None, "GGUF file name inside --model's folder")
+
+    def load(self, **kw):
+        return load_model(self.model, gguf_file=self.gguf_file, **kw)

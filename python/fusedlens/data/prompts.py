@@ -1,10 +1,11 @@
-"""Inputs of every analysis that reads prompts (LogitLens.run, dla): text, lists of text or token ids
-with a mask → 1-D sequences of real tokens, each cut into pieces of at most seq_len."""
+"""Inputs of every analysis that reads prompts (LogitLens.run, DLA, patching): text, lists of text or token
+ids with a mask → 1-D sequences of real tokens, each cut into pieces of at most seq_len; an answer → one token."""
 from __future__ import annotations
 
 import torch
 
 from ..core.checks import check_ids
+from ..core.models import LensModel
 from .windows import windows
 
 
@@ -64,3 +65,28 @@ def _id_rows(lm, ids: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Ten
             raise ValueError(f"attention_mask: row {b} has padding between real tokens (pad on one side only)")
         rows.append(row[real])
     return rows
+
+
+def one_token(lm: LensModel, name: str, text) -> int:
+    """A token id from an int or a text that is exactly one token (else a one-line error)."""
+    if isinstance(text, bool):
+        raise ValueError(f"{name}: expected a token (text or id), got {text!r}")
+    if isinstance(text, int):
+        if not 0 <= text < lm.vocab_size:
+            raise ValueError(f"{name}: token id {text} out of range [0, {lm.vocab_size})")
+        return text
+    if not isinstance(text, str) or lm.tokenizer is None:
+        raise ValueError(f"{name}: expected a token id" + ("" if lm.tokenizer is None else " or a text"))
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = [lm.tokenizer.decode([i]) for i in ids]
+        raise ValueError(f"{name}: {text!r} is {len(ids)} tokens {pieces}, expected exactly one")
+    return int(ids[0])
+
+
+def token_offsets(tokenizer, text: str, where: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError) as e:
+        raise ValueError(f"{where}: spans need a tokenizer with character offsets (a fast tokenizer): {e}") from None
+    return torch.tensor(enc["input_ids"], dtype=torch.long), [tuple(o) for o in enc["offset_mapping"]]

@@ -21,7 +21,7 @@ import torch
 
 from ..core.files import read_jsonl
 from ..data.windows import tokenize
-from ..probe.user_targets import token_offsets
+from ..data.prompts import token_offsets
 
 POSITIONS = ("last", "all", "span")
 

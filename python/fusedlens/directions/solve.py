@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..probe.solve import default_rcond
+from ..ops.ridge_gram import default_rcond
 from .stats import SiteStats
 
 KINDS = ("mean_diff", "pca", "lda")

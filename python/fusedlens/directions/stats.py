@@ -16,7 +16,7 @@ import torch
 
 from ..core.checks import check_tensor
 from ..core.files import load_torch
-from ..probe.accumulator import RidgeAccumulator
+from ..probe import RidgeAccumulator
 
 PARTS = ("pos", "neg", "pairs")
 

@@ -1,8 +1,8 @@
-"""Direct logit attribution (seed 004): components captured in one forward (components), their exact
-shares of the logits (attribution), the run over prompts (run) and its result (result)."""
+"""Direct logit attribution (Elhage et al. 2021): each component's exact share of the logits
+(attribution), `direct_logit_attribution()` over prompts (api), its result (result) and its part in the
+corpus pass (corpus_pass). The components themselves are captured by core.components."""
+from .api import direct_logit_attribution, parse_components
 from .attribution import component_names
-from .components import ComponentCapture, Components
 from .result import DLAResult
-from .run import dla
 
-__all__ = ["ComponentCapture", "Components", "DLAResult", "component_names", "dla"]
+__all__ = ["DLAResult", "component_names", "direct_logit_attribution", "parse_components"]

@@ -1,4 +1,4 @@
-"""Direct logit attribution: each component's exact share of the final logits (seed 004).
+"""Direct logit attribution: each component's exact share of the final logits (Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits").
 
 With the final norm's scale frozen at the forward's value (its centring, for LayerNorm, is
 linear), norm(z^L) = gain ⊙ centre(z^L) + β and z^L is the sum of the components, so the
@@ -8,7 +8,7 @@ raw logit of token w (before any soft-cap) is
 
 term by term: component c's direct effect on w is c · ρ_w with the read-out direction
 ρ_w = centre(gain ⊙ W_U[w]), and "bias" is the last term. A neuron reaches the residual
-through its block's frozen post-norm P (Gemma 2), so its effect is act_j · (W_down[j] · Pᵀρ_w), and a
+through its block's frozen post-norm P (Gemma 2 and 3), so its effect is act_j · (W_down[j] · Pᵀρ_w), and a
 head's is z_h · (W_O^h Pᵀρ_w): neither needs the per-head or per-neuron vectors.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 
 import torch
 
-from .components import Components, Frozen
+from ..core.components import Components, Frozen
 
 KINDS = ("embed", "attn", "mlp", "head", "neuron")
 _NAME = re.compile(r"^(embed|bias|attn|mlp|attn_bias|mlp_bias|head|neuron)(?:\.(\d+))?(?:\.(\d+))?$")

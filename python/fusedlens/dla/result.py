@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import report
+from ..core.files import write_json
 from ..ops.logit_extremes import LogitExtremes
 
 FORMAT = "fusedlens.DLAResult/1"
@@ -193,4 +194,4 @@ class DLAResult:
         return out
 
     def save_json(self, path: str) -> None:
-        report.write_json(self.to_dict(), path)
+        write_json(self.to_dict(), path)

@@ -1,7 +1,7 @@
 """Interventions: write hooks (hooks), activation patching (patching) and patchscopes (patchscope)."""
-from .hooks import Edit, Intervention, run_with
+from .hooks import Edit, Intervention, parse_site, run_with
 from .patching import KnockoutResult, PatchResult, knockout, patch
 from .patchscope import PatchscopeResult, generate, patchscope
 
-__all__ = ["Edit", "Intervention", "KnockoutResult", "PatchResult", "PatchscopeResult", "generate", "knockout", "patch", "patchscope",
-           "run_with"]
+__all__ = ["Edit", "Intervention", "KnockoutResult", "PatchResult", "PatchscopeResult", "generate", "knockout", "patch", "parse_site",
+           "patchscope", "run_with"]

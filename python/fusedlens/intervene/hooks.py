@@ -16,9 +16,8 @@ import re
 from dataclasses import dataclass
 import torch
 
-from ..core.capture import _first_tensor, mid_norm_name
 from ..core.models import LensModel
-from ..dla.components import block_parts, n_heads
+from ..core.structure import block_parts, first_tensor, mid_norm_name, n_heads, with_first
 
 OPS = ("replace", "add", "scale", "apply", "knockout")
 _SITE = re.compile(r"^(embed|resid|mid|attn|mlp|head)(?:\.(\d+))?(?:\.(\d+))?$")
@@ -164,16 +163,14 @@ class Intervention:
                 self._handles.append(blocks[0].register_forward_pre_hook(pre, with_kwargs=True))
             elif kind == "resid":
                 self._handles.append(blocks[i].register_forward_hook(
-                    lambda _m, _a, out, site=site: _with_first(out, self._edit(site, _first_tensor(out)))))
+                    lambda _m, _a, out, site=site: with_first(out, self._edit(site, first_tensor(out)))))
             elif kind in ("attn", "mlp"):
-                p = self.parts[i]
-                post = p.attn_post_norm if kind == "attn" else p.mlp_post_norm
-                module = post if post is not None else (p.attn if kind == "attn" else p.mlp)
+                module = self.parts[i].added(kind)
                 self._keep_block_input(i)
 
                 def part_hook(_m, _a, out, site=site, i=i):
-                    h = _first_tensor(out)  # OPT's fc2 sees [batch * seq, d]
-                    return _with_first(out, self._edit(site, h.reshape(*self._block_input[i].shape[:-1], h.shape[-1])))
+                    h = first_tensor(out)  # OPT's fc2 sees [batch * seq, d]
+                    return with_first(out, self._edit(site, h.reshape(*self._block_input[i].shape[:-1], h.shape[-1])))
                 self._handles.append(module.register_forward_hook(part_hook))
             elif kind == "head":
                 def head_pre(_m, args, site=site, head=head):
@@ -186,14 +183,13 @@ class Intervention:
                     return (zh.reshape(z.shape), *args[1:])
                 self._handles.append(self.parts[i].attn_out.register_forward_pre_hook(head_pre))
             else:  # mid: through the attention output, which sees the block input
-                p = self.parts[i]
                 self._keep_block_input(i)
-                module = p.attn_post_norm if p.attn_post_norm is not None else p.attn
+                module = self.parts[i].added("attn")
 
                 def mid_hook(_m, _a, out, site=site, i=i):
-                    a = _first_tensor(out)
+                    a = first_tensor(out)
                     mid = self._block_input[i] + a
-                    return _with_first(out, a + (self._edit(site, mid) - mid))
+                    return with_first(out, a + (self._edit(site, mid) - mid))
                 self._handles.append(module.register_forward_hook(mid_hook))
         return self
 
@@ -215,14 +211,6 @@ class Intervention:
             self.lm.model.set_attn_implementation(self._eager)
             self._eager = None
         return False
-
-
-def _with_first(out, new: torch.Tensor):
-    """A module's output with its hidden state replaced (tuples keep their other members)."""
-    if isinstance(out, torch.Tensor):
-        return new.reshape(out.shape)
-    first = out[0]
-    return (new.reshape(first.shape), *out[1:])
 
 
 def run_with(lm: LensModel, edits: list[Edit], input_ids: torch.Tensor,

@@ -1,7 +1,7 @@
 """Activation patching (causal tracing): the clean run's state at one (site, position) put into the
 corrupted run, for every cell of a layers × positions grid, each cell one row of a batched forward.
 
-The clean run's states are captured once (residual capture and dla.components); a grid of C
+The clean run's states are captured once (residual and component capture); a grid of C
 cells costs ⌈C / batch_size⌉ forwards of the corrupted prompt. The metric is read at the corrupted
 prompt's last position: the logit difference of the answer and a counterfactual token, or the
 answer's probability; `restored` = (patched − corrupted) / (clean − corrupted).
@@ -15,9 +15,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.capture import capture_residuals
+from ..core.components import ComponentCapture
 from ..core.models import LensModel
-from ..dla.components import ComponentCapture
-from ..dla.run import one_token
+from ..data.prompts import one_token
 from .hooks import Edit, Intervention
 
 KINDS = ("resid", "mid", "attn", "mlp", "head")

@@ -1,4 +1,4 @@
-"""Patchscopes (Gandeharioun et al. 2024, seed 004): (S, i, M, ℓ) → (T, i*, f, M*, ℓ*).
+"""Patchscopes (Ghandeharioun et al. 2024): (S, i, M, ℓ) → (T, i*, f, M*, ℓ*).
 
 The hidden state of source prompt S at position i after layer ℓ of model M is mapped by f
 (identity by default; an affine map for a model of another width) and written into target prompt

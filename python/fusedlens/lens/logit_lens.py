@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .. import ops, report
 from ..core.backends import COMPUTE_MODES
 from ..core.capture import ResidualCapture
+from ..core.files import write_json
 from ..core.models import LensModel
 from ..data.prompts import input_sequences
 from ..data.windows import pad_right
@@ -114,7 +115,7 @@ class LensResult:
                    **{name: _decode(d[name]) for name in ("input_ids", "targets", "batch_index", "position")})
 
     def save_json(self, path: str) -> None:
-        report.write_json(self.to_dict(), path)
+        write_json(self.to_dict(), path)
 
     @classmethod
     def load_json(cls, path: str) -> "LensResult":

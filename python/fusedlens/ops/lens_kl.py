@@ -141,18 +141,8 @@ def lens_kl(xn: torch.Tensor, xn_final: torch.Tensor, unembed: Unembed, *, backe
     backend = pick_backend(xn.device, backend)
     if backend == "torch":
         return reference_lens_kl(xn, xn_final, unembed, compute=compute)
-    weight = unembed.weight
-    # bf16 on the cpu backend: the bf16-dot sweep where the CPU has it (it rounds float32 weights tile by
-    # tile as it packs them); elsewhere the rounded operands go through the fp32 kernels, whose products
-    # of bf16 values are exact: the same numbers at the fp32 speed, not a slow emulation.
-    bf16_kernel = compute == "bf16" and backend == "cpu" and backends.bf16_dot_on_cpu()
-    round_inputs = compute == "bf16" and not bf16_kernel
-    if bf16_kernel:
-        weight = weight if weight.dtype in (torch.float32, torch.bfloat16) else weight.bfloat16()
-    elif compute == "bf16":
-        weight = weight.bfloat16() if backend == "triton" else weight.bfloat16().float()
-    elif backend == "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
-        weight = weight.float()
+    weight, round_inputs = backends.fused_operands(unembed.weight, compute, backend, as_given=True)
+    bf16_kernel = compute == "bf16" and not round_inputs
     bias = None if unembed.bias is None else unembed.bias.float()
     # needs_input_grad ignores no_grad mode, so whether to form the gradient is decided here
     with_grad = xn.requires_grad and torch.is_grad_enabled()

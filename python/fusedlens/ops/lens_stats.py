@@ -81,14 +81,9 @@ def lens_stats(hidden: torch.Tensor, norm: FinalNorm, unembed: Unembed, targets:
         return reference.lens_stats(hidden, norm, unembed, targets, k, dtype=dtype, compute=compute,
                                     token_sets=token_sets)
     xn = normalized_rows(hidden, norm)
-    # The C++ bf16-dot sweep rounds xn itself when it gets bf16 weights. Elsewhere (Triton, or a CPU
-    # without bf16 dot) xn is rounded here and, on the CPU, the fp32 sweep multiplies the rounded
-    # operands: their products are exact, so the numbers are the same, at the fp32 speed.
-    weight = unembed.weight.bfloat16() if compute == "bf16" else unembed.weight.float()
-    if compute == "bf16" and (backend == "triton" or not backends.bf16_dot_on_cpu()):
+    weight, round_rows = backends.fused_operands(unembed.weight, compute, backend)
+    if round_rows:
         xn = xn.bfloat16().float()
-        if backend == "cpu":
-            weight = weight.float()
     ids = torch.full((tokens,), -1, dtype=torch.long, device=hidden.device) if targets is None \
         else targets.masked_fill(targets == IGNORE_INDEX, -1)
     if backend == "cpu":

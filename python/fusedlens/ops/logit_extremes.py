@@ -65,15 +65,10 @@ def logit_extremes(rows: torch.Tensor, weight: torch.Tensor, k: int = 10, *, bac
         out = reference.logit_extremes(flat, weight, k, compute=compute)
         out = out[0], out[1].float(), out[2], out[3].float()
     else:
-        # As ops.lens_stats: the C++ bf16-dot sweep rounds the rows itself when it gets bf16 weights;
-        # elsewhere (Triton, or a CPU without bf16 dot) they are rounded here and, on the CPU, the fp32
-        # sweep multiplies the rounded operands (exact products: the same numbers at the fp32 speed).
         x = flat.float()
-        w = weight.bfloat16() if compute == "bf16" else weight.float()
-        if compute == "bf16" and (backend == "triton" or not backends.bf16_dot_on_cpu()):
+        w, round_rows = backends.fused_operands(weight, compute, backend)
+        if round_rows:
             x = x.bfloat16().float()
-            if backend == "cpu":
-                w = w.float()
         if backend == "cpu":
             out = _C.logit_extremes(x, w, k, ROWS_PER_BLOCK, vocab_tile)
         else:

@@ -15,6 +15,11 @@ CPU_BLOCK = 128  # Gram block (best of 64..256 on 576-wide residuals); Triton au
 FP32_ROUNDOFF, FP64_ROUNDOFF = 2.0 ** -24, 2.0 ** -53
 
 
+def default_rcond(roundoff: float) -> float:
+    """Eigenvalues below this fraction of tr(Gc) are noise of the batch Grams' arithmetic."""
+    return FP32_ROUNDOFF if roundoff >= FP32_ROUNDOFF else 2.0 ** -46
+
+
 def _check_shapes(x, y, shift_x, shift_y, out):
     check_tensor("x", x, ndim=3, floating=True, finite=False)  # NaN/Inf: the backends' own check
     check_tensor("y", y, ndim=2, floating=True)

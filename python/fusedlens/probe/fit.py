@@ -1,6 +1,6 @@
 """Linear probes of every layer's residual stream over a corpus, in one streaming pass.
 
-The experiment (seed 000): let x_t be a layer's residual at token t and y_t a per-token
+The experiment (the post *LLMs linearly represent the accuracy of their next-token predictions*): let x_t be a layer's residual at token t and y_t a per-token
 target, e.g. the final logit the model gave the correct next token; fit y_{t+K} ≈ wᵀx_t + b
 by ridge regression, per layer and lag K (K = −1: how much the model expected the token
 it is reading), and report held-out R² (classes: accuracy and macro-F1). Each sequence
@@ -25,7 +25,7 @@ from ..core.models import LensModel, load_model
 from ..data.windows import corpus_ids, windows
 from .classes import ClassScores
 from .folds import Folds
-from .rows import check_lags, lagged, parse_positions, position_mask
+from .rows import check_lags, lagged, parse_position_ranges, position_mask
 from .solve import DEFAULT_ALPHAS, check_alphas, default_rcond, weights_at
 from .targets import TargetMaker
 from .user_targets import ParsedTargets, TargetFile, parse_target_file, read_target_file
@@ -144,7 +144,7 @@ class _Columns:
         return y
 
 
-def probe(lm: LensModel | None = None, corpus=None, *, train_tokens: int = 24_000, heldout_tokens: int = 8_000,
+def fit_probes(lm: LensModel | None = None, corpus=None, *, train_tokens: int = 24_000, heldout_tokens: int = 8_000,
           seq_len: int = 512, layers=None, embed: bool = True, targets=("logit",), extra_targets=None,
           user_targets: TargetFile | ParsedTargets | str | None = None, lags=(0,), positions: str | None = None,
           where: str | None = None, folds: int = 5, alphas=DEFAULT_ALPHAS, backend: str | None = None,
@@ -159,8 +159,8 @@ def probe(lm: LensModel | None = None, corpus=None, *, train_tokens: int = 24_00
     plus the embedding output if `embed`; targets: names from TARGETS; extra_targets:
     {name: tensor [train + held-out tokens (, k)] indexed by corpus position, or
     fn(Residuals) -> one value (or row) per real token of the batch}; lags: K per target
-    (x_t → y_{t+K} within the sequence; −1 is seed 000 as written); positions: rows kept
-    (rows.parse_positions: '0', '-1', '5-', ...); where: keep only rows where this file
+    (x_t → y_{t+K} within the sequence; −1 is the post's experiment as written); positions: rows kept
+    (rows.parse_position_ranges: '0', '-1', '5-', ...); where: keep only rows where this file
     target has a value; folds: k of the k-fold choice of α among `alphas` (λ = α·tr(Gc)/d);
     backend: of the accumulation kernel.
     """
@@ -170,7 +170,7 @@ def probe(lm: LensModel | None = None, corpus=None, *, train_tokens: int = 24_00
             raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
     alphas = check_alphas(alphas)
     lags = check_lags(lags)
-    ranges = parse_positions(positions)
+    ranges = parse_position_ranges(positions)
     t_start = time.perf_counter()
     if isinstance(user_targets, str):  # checked before the model loads
         user_targets = parse_target_file(user_targets)

@@ -138,6 +138,12 @@ class Folds:
     def state(self) -> list[dict]:
         return [{key: acc.state() for key, acc in b.items()} for b in self.buckets]
 
+    def merge(self, other: "Folds") -> None:
+        """Add other's sums, bucket by bucket and row pattern by row pattern (other unchanged)."""
+        for b, bucket in enumerate(other.buckets):
+            for key, acc in bucket.items():
+                self._acc(b, key).merge(acc)
+
     def load_state(self, states: list[dict]) -> None:
         if len(states) != self.k + 1:
             raise ValueError(f"probe state: expected {self.k + 1} buckets, got {len(states)}")

@@ -32,7 +32,7 @@ def lagged(values: torch.Tensor, position: torch.Tensor, length: torch.Tensor, l
     return out
 
 
-def parse_positions(spec: str | None) -> list[tuple[int, int | None]] | None:
+def parse_position_ranges(spec: str | None) -> list[tuple[int, int | None]] | None:
     """'0', '-1' (the last row of each sequence), '5-' (5 on), '2-10' (2 to 10), or a comma list of them →
     [(first, last or None)] with negative positions counted from each sequence's end; None: every row."""
     if spec is None or str(spec).strip() in ("", "all"):

@@ -28,16 +28,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops.ridge_gram import FP32_ROUNDOFF
+from ..ops.ridge_gram import default_rcond
 from .accumulator import Moments, RidgeAccumulator
 
 # Penalties relative to the mean eigenvalue tr(Gc)/d: λ = α · tr(Gc)/d.
 DEFAULT_ALPHAS = (0.0,) + tuple(10.0 ** (k / 2) for k in range(-12, 5))
-
-
-def default_rcond(roundoff: float) -> float:
-    """Eigenvalues below this fraction of tr(Gc) are noise of the batch Grams' arithmetic."""
-    return FP32_ROUNDOFF if roundoff >= FP32_ROUNDOFF else 2.0 ** -46
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.files import check_file, parse_json, read_jsonl, read_text
+from ..data.prompts import token_offsets
 from ..data.windows import tokenize
 from .targets import TARGETS
 
@@ -122,14 +123,6 @@ class _Builder:
                     cols[seq][pos] = float(v)
             values[name] = cols
         return TargetFile(self.sequences, values, classes, self.source)
-
-
-def token_offsets(tokenizer, text: str, where: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    except (NotImplementedError, TypeError, ValueError) as e:
-        raise ValueError(f"{where}: spans need a tokenizer with character offsets (a fast tokenizer): {e}") from None
-    return torch.tensor(enc["input_ids"], dtype=torch.long), [tuple(o) for o in enc["offset_mapping"]]
 
 
 def _check_line(obj, where: str) -> None:

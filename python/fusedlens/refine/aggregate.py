@@ -1,4 +1,4 @@
-"""Guess-then-refine sums of one lens over a corpus (seed 002), additive like every other sum.
+"""Guess-then-refine sums of one lens over a corpus (Gupta et al. 2025), additive like every other sum.
 
 Per site ℓ and frequency bucket b (refine.frequency):
   * top1[ℓ, b]: tokens whose top-1 at ℓ is in b (its share against the share of b among

@@ -1,4 +1,4 @@
-"""Token classes for depth to the correct answer by class (seed 002: function words are predicted right
+"""Token classes for depth to the correct answer by class (Gupta et al. 2025: function words are predicted right
 earliest): a class id per vocabulary entry from a built-in English function-word list, a JSON file
 {token: class}, a dict, or a callable token string → class (None: no class).
 

@@ -1,4 +1,4 @@
-"""Unigram counts of a corpus' next tokens, their frequency ranks and rank buckets (seed 002).
+"""Unigram counts of a corpus' next tokens, their frequency ranks and rank buckets (Gupta et al. 2025).
 
 Counts are additive int64 sums over the target tokens a pass sees (merge, state and
 all-reduce like every other sum); rank 1 is the most frequent token, ties and unseen

@@ -1,8 +1,5 @@
-"""What every report shares: matplotlib without a display, JSON files, tokens as display strings."""
+"""What every report shares: matplotlib without a display, tokens as display strings."""
 from __future__ import annotations
-
-import json
-import os
 
 import torch
 
@@ -14,12 +11,6 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def write_json(obj, path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
 
 
 def token_strings(tokenizer, ids: torch.Tensor) -> list[str]:

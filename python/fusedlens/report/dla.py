@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 
-from .common import pyplot, write_json
+from ..core.files import write_json
+from .common import pyplot
 
 
 def format_dla_table(result, kind: str, n: int = 10, tokenizer=None) -> str:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 
-from .common import pyplot, write_json
+from ..core.files import write_json
+from .common import pyplot
 
 
 def format_number(v, spec: str) -> str:

@@ -7,7 +7,8 @@ import os
 
 import torch
 
-from .common import pyplot, write_json
+from ..core.files import write_json
+from .common import pyplot
 
 
 def format_refine_table(result) -> str:

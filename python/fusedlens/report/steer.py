@@ -7,7 +7,8 @@ import itertools
 import os
 import textwrap
 
-from .common import pyplot, write_json
+from ..core.files import write_json
+from .common import pyplot
 
 
 def side_by_side(left: str, right: str, titles=("without", "with"), width: int = 48) -> str:

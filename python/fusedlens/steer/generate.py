@@ -31,7 +31,7 @@ class SteerGeneration:
         return json.dumps(self.to_dict(), indent=2)
 
     def save(self, path: str) -> str:
-        from ..report.common import write_json
+        from ..core.files import write_json
 
         write_json(self.to_dict(), path)
         return path

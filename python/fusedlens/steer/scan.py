@@ -60,7 +60,7 @@ class ScanResult:
         return json.dumps(self.to_dict(), indent=2)
 
     def save(self, path: str) -> str:
-        from ..report.common import write_json
+        from ..core.files import write_json
 
         write_json(self.to_dict(), path)
         return path

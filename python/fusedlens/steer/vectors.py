@@ -15,8 +15,7 @@ import torch
 from ..core.capture import ResidualCapture
 from ..core.checks import check_tensor
 from ..core.models import LensModel
-from ..intervene import Edit
-from ..intervene.hooks import parse_site
+from ..intervene import Edit, parse_site
 
 DIRECTIONS_FORMAT = "fusedlens.directions/1"
 KINDS = ("mean_diff", "pca", "lda")

@@ -15,7 +15,7 @@ from .. import ops
 from ..core.capture import ResidualCapture
 from ..core.models import LensModel
 from ..data.windows import windows
-from ..lens.aggregate import LensAggregate
+from ..lens import LensAggregate
 from .lens import TunedLens
 
 LN2 = math.log(2)

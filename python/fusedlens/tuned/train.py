@@ -32,7 +32,8 @@ import torch
 from ..core.backends import BACKENDS, COMPUTE_MODES, resolve_compute
 from ..core.capture import ResidualCapture
 from ..core.checkpoint import StateFile
-from ..core.config import BACKEND_HELP, option
+from ..core.backends import BACKEND_HELP
+from ..core.fields import option
 from ..core.models import LensModel
 from ..data.windows import TokenStream
 from .lens import CONFIG_FILE, PARAMS_FILE, TunedLens
@@ -59,7 +60,7 @@ class TrainConfig:
     compute: str = option("auto", "GEMM operands of the fused loss (auto: bf16 where the CPU has bf16 dot "
                                   "instructions or the weights are bf16)", choices=("auto",) + COMPUTE_MODES)
     downweight_top: int = option(0, "rows whose true next token is among the N most frequent tokens of the "
-                                    "training text get loss weight --factor (seed 002's down-weighted lens)")
+                                    "training text get loss weight --factor (the down-weighted lens of Gupta et al. 2025)")
     downweight_factor: float = option(1.0, "the loss weight of those rows", flag="--factor")
 
     def __post_init__(self):
