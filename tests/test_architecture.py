@@ -19,6 +19,9 @@ LEVEL = {"core": 0, "data": 1, "ops": 2, "report": 3,
          "adapters": 6, "job": 6,
          "cli": 7}
 ANALYSES = {name for name, level in LEVEL.items() if level in (4, 5)}
+# fusedlens.kernels (top-level kernels/, installed into the package) and fusedlens._C (the C++ extension)
+# are not under python/fusedlens in a checkout: neither imports the package back.
+OUTSIDE = {"kernels", "_C"}
 
 
 def internal_imports(path: pathlib.Path) -> set[str]:
@@ -126,8 +129,8 @@ def import_graph(root: pathlib.Path) -> dict[str, set[str]]:
             if not isinstance(node, (ast.Import, ast.ImportFrom)):
                 continue
             for parts, name in _resolve(path, root, node):
-                if name == "_C" and not parts:
-                    continue  # the C++ extension: imports nothing back
+                if name in OUTSIDE and not parts:
+                    continue  # built or installed from outside python/fusedlens: imports nothing back
                 module = _module_file(root, parts + [name]) if name else None  # `from pkg import submodule`
                 module = module or _module_file(root, parts)
                 if module is not None and module != path:
@@ -228,7 +231,7 @@ def unresolved_imports(path: pathlib.Path) -> list[str]:
         if not isinstance(node, (ast.Import, ast.ImportFrom)):
             continue
         for parts, name in _resolve(path, PACKAGE, node):
-            if not parts or parts[0] == "kernels" or parts[0].startswith("_C"):
+            if (parts or [name])[0] in OUTSIDE:
                 continue  # Triton kernels and the C++ extension: checked by their own suites
             module = importlib.import_module(".".join(["fusedlens", *parts]))
             if name and not hasattr(module, name) and not (_module_file(PACKAGE, parts + [name])):
