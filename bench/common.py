@@ -46,11 +46,11 @@ def threads_from(args) -> None:
 # ---------------------------------------------------------------- model and corpus
 
 @functools.lru_cache(maxsize=1)
-def model():
-    """The embedded SmolLM2-135M, loaded once per process."""
+def model(name: str | None = None):
+    """A model fusedlens knows by name (None: the embedded SmolLM2-135M), loaded once per process."""
     from fusedlens import load_model
 
-    return load_model()
+    return load_model(name)
 
 
 def pydoc_ids(lm, n_tokens: int):

@@ -2,7 +2,10 @@
 
 python bench/lens_stats.py [--tokens 2048] [--vocabs 49152 128256]   -> bench/results/lens_stats.json
   each variant in a fresh process: times, ratios and peak RSS (the op's growth over its inputs:
-  Linux's VmHWM, reset after the inputs are built).
+  Linux's VmHWM, reset after the inputs are built), GFLOP/s and their share of the peak measured in
+  the same run (bench/fma_peak.py: fp32 FMA for fp32 compute, the bf16 dot product for bf16).
+python bench/lens_stats.py --shape gemma3 --tokens 256 --out bench/results/lens_stats_gemma3.json
+  the same at Gemma 3 270M's shape: 19 sites x d 640 x vocabulary 262,144 (default 31 x 576, SmolLM2's).
 python bench/lens_stats.py --interleaved ROUNDS [--isas avx2 ...] --out bench/results/lens_stats_interleaved.json
   timing only: the variants in one process, in turns (a shared machine's load hits them alike).
 python bench/lens_stats.py --per-isa 3 --tokens 1024 --vocabs 49152   -> bench/results/lens_stats_per_isa.json
@@ -24,7 +27,8 @@ import torch
 from common import (arg_parser, in_fresh_process, interleaved, repeat, result_path, run_script, threads_from,
                     write_result)
 
-SITES, D_MODEL = 31, 576
+SHAPES = {"smollm2": (31, 576, [49152, 128256]), "gemma3": (19, 640, [262144])}  # sites, d_model, vocabs
+SITES, D_MODEL = SHAPES["smollm2"][:2]
 VARIANTS = ("bare_gemm", "own_tile_gemm", "fused_cpu", "fused_cpu_bf16", "naive_torch")
 
 
@@ -160,28 +164,48 @@ def per_isa(tokens, vocab, rounds, out, threads=0, peaks_path=None):
     write_result({"mode": "per_isa", "rows": rows}, out)
 
 
-def fresh_processes(tokens, vocabs, repeats, out):
+def set_shape(name: str) -> None:
+    global SITES, D_MODEL
+    SITES, D_MODEL = SHAPES[name][:2]
+
+
+def fresh_processes(tokens, vocabs, repeats, out, shape="smollm2"):
+    from fma_peak import measure
+
+    peaks = measure()  # in the same run, before and after the variants: the figures' own peak
+    print("peaks (GFLOP/s):", peaks["gflops_peak"], flush=True)
     rows = []
     for vocab in vocabs:
         res = {}
         for variant in VARIANTS:
-            res[variant] = in_fresh_process(__file__, ["--one", variant, tokens, vocab, "--repeats", repeats])
+            res[variant] = in_fresh_process(__file__, ["--one", variant, tokens, vocab, "--repeats", repeats,
+                                                       "--shape", shape])
             print(res[variant], flush=True)
         sec = {k: r["seconds"] for k, r in res.items()}
-        rows.append({"vocab": vocab, "tokens": tokens, "sites": SITES, "results": res,
+        flops = 2 * SITES * tokens * D_MODEL * vocab
+        gflops = {k: flops / t / 1e9 for k, t in sec.items() if k != "naive_torch"}
+        fp32_peak = max(v for k, v in peaks["gflops_peak"].items() if k != "bf16_dot")
+        share = {k: v / (peaks["gflops_peak"].get("bf16_dot", fp32_peak) if k.endswith("bf16") else fp32_peak)
+                 for k, v in gflops.items()}
+        rows.append({"vocab": vocab, "tokens": tokens, "sites": SITES, "d_model": D_MODEL, "results": res,
+                     "gflops": gflops, "share_of_peak": share,
                      "fused_over_gemm": sec["fused_cpu"] / sec["bare_gemm"],
                      "naive_over_fused": sec["naive_torch"] / sec["fused_cpu"],
                      "bf16_over_fp32_fused": sec["fused_cpu_bf16"] / sec["fused_cpu"],
                      "fused_over_naive_memory": res["fused_cpu"]["peak_rss_growth_mib"]
                      / max(res["naive_torch"]["peak_rss_growth_mib"], 1e-9)})
         print({k: v for k, v in rows[-1].items() if k != "results"}, flush=True)
-    write_result({"rows": rows}, out)
+        if max(share.values()) > 1:
+            print(f"WARNING: a share above 100 % of the measured peak ({share}): the peak is broken", flush=True)
+    peaks_after = measure()
+    write_result({"shape": shape, "peaks": peaks, "peaks_after": peaks_after, "rows": rows}, out)
 
 
 def main():
     ap = arg_parser(__doc__, "lens_stats.json")
     ap.add_argument("--tokens", type=int, default=2048)
-    ap.add_argument("--vocabs", type=int, nargs="+", default=[49152, 128256])
+    ap.add_argument("--shape", choices=list(SHAPES), default="smollm2", help="sites x d_model of this model")
+    ap.add_argument("--vocabs", type=int, nargs="+", default=None, help="default: the shape's own")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
                     help="time the variants in one process, in turns (no memory figures)")
@@ -195,6 +219,8 @@ def main():
     ap.add_argument("--one", nargs=3, metavar=("VARIANT", "TOKENS", "VOCAB"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     threads_from(args)
+    set_shape(args.shape)
+    args.vocabs = args.vocabs or SHAPES[args.shape][2]
     if args.one:
         print(json.dumps(run_variant(args.one[0], int(args.one[1]), int(args.one[2]), args.repeats)))
     elif args.per_isa:
@@ -207,7 +233,7 @@ def main():
         write_result({"machine": {"MKL_ENABLE_INSTRUCTIONS": os.environ.get("MKL_ENABLE_INSTRUCTIONS")},
                       "mode": "interleaved", "rows": rows}, args.out)
     else:
-        fresh_processes(args.tokens, args.vocabs, args.repeats, args.out)
+        fresh_processes(args.tokens, args.vocabs, args.repeats, args.out, args.shape)
 
 
 # ---------------------------------------------------------------- pytest-benchmark mode

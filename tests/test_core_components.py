@@ -15,14 +15,15 @@ from fusedlens.core.components import ComponentCapture, Frozen
 from fusedlens.core.structure import block_parts
 from tiny_models import ARCHS, random_batch, tiny_model
 
-# Gemma 2 runs in float32: its RMSNorm computes in float32 whatever the model's dtype, and in float64
-# HF's padding mask turns its padded batches to NaN.
-TOL = {"gemma2": 2e-6}
+# Gemma 2 and 3 run in float32: their RMSNorm computes in float32 whatever the model's dtype, and in
+# float64 HF's padding mask turns Gemma 2's padded batches to NaN.
+GEMMA = ("gemma2", "gemma3")
+TOL = {arch: 2e-6 for arch in GEMMA}
 
 
 def _model(arch):
     model = tiny_model(arch)
-    return LensModel.from_hf(model if arch == "gemma2" else model.double())
+    return LensModel.from_hf(model if arch in GEMMA else model.double())
 
 
 def _batch():
@@ -50,17 +51,17 @@ def test_parts_add_up(arch):
         assert float((out + c.mlp_bias[i] - c.mlp[i]).abs().max() / c.mlp[i].abs().max()) < tol
     # effects read through the projections equal the built vectors' dot products
     rho = torch.randn(rows, lm.d_model, dtype=c.final.dtype)
-    assert torch.allclose(c.head_effects(rho), (c.heads() * rho).sum(-1), atol=1e-5 if arch == "gemma2" else 1e-10)
+    assert torch.allclose(c.head_effects(rho), (c.heads() * rho).sum(-1), atol=1e-5 if arch in GEMMA else 1e-10)
     vecs = torch.stack([torch.einsum("nf,fd->fnd", c.neuron_acts[i], c.down[i]) for i in range(lm.n_layers)])
     vecs = torch.stack([v if c.mlp_post[i] is None else c.mlp_post[i](v) for i, v in enumerate(vecs)])
-    assert torch.allclose(c.neuron_effects(rho), (vecs * rho).sum(-1), atol=1e-5 if arch == "gemma2" else 1e-10)
+    assert torch.allclose(c.neuron_effects(rho), (vecs * rho).sum(-1), atol=1e-5 if arch in GEMMA else 1e-10)
     # padding changes nothing: prompt 1 alone gives the same rows
     alone, _ = ComponentCapture(lm, heads=True).run(ids[1:2, :5])
     sel = slice(9, 14)
     # HF's eager attention takes its softmax in float32 even in a float64 model: a padded batch and the
     # prompt alone (whose float64 logits a CPU's GEMM may round differently by shape) can differ by
     # float32 rounding of the weights, ~1e-7 of the values; 2e-6 of the largest is that with room
-    atol = lambda full: 1e-5 if arch == "gemma2" else 2e-6 * float(full.abs().max())  # noqa: E731
+    atol = lambda full: 1e-5 if arch in GEMMA else 2e-6 * float(full.abs().max())  # noqa: E731
     assert torch.allclose(alone.heads(), c.heads()[:, :, sel], atol=atol(c.heads()))
     assert torch.allclose(alone.mlp, c.mlp[:, sel], atol=atol(c.mlp))
 
@@ -89,7 +90,7 @@ def test_heads_through_the_projection_module(arch):
         only[:, head * dh:(head + 1) * dh] = zz[:, head * dh:(head + 1) * dh]
         want = part.attn_out(only) - zero
         want = want if frozen is None else frozen(want)
-        assert torch.allclose(c.heads([layer])[0, head], want, atol=1e-5 if arch == "gemma2" else 1e-10), (arch, head)
+        assert torch.allclose(c.heads([layer])[0, head], want, atol=1e-5 if arch in GEMMA else 1e-10), (arch, head)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -102,12 +103,27 @@ def test_per_source_decomposition_sums_to_the_head(arch):
     c, _ = cap.run(ids, mask)
     rho = torch.randn(c.final.shape, dtype=c.final.dtype)
     effects = c.head_effects(rho)
-    atol = 1e-5 if arch == "gemma2" else 1e-10
+    atol = 1e-5 if arch in GEMMA else 1e-10
     for layer, head in ((1, 3), (2, 0)):
         per_source = c.source_effects(layer, head, rho)
         assert per_source.shape == (c.final.shape[0], ids.shape[1])
         assert torch.allclose(per_source.sum(1), effects[layer, head], atol=atol), (arch, layer, head)
         assert float(per_source[9:14, 5:].abs().max()) == 0  # prompt 1 has 5 tokens: no source beyond
+
+
+def test_sliding_window_layers_have_no_source_outside_the_window():
+    """Gemma 3's sliding layers (the tiny model: window 4 in blocks 0 and 1, block 2 global): a head of a
+    sliding block takes nothing from sources more than 3 tokens back; the global block's head does."""
+    lm = _model("gemma3")
+    ids = random_batch(1, 9)
+    c, _ = ComponentCapture(lm, sources=[(1, 3), (2, 0)]).run(ids)
+    rho = torch.randn(c.final.shape, dtype=c.final.dtype)
+    t, s = torch.meshgrid(torch.arange(9), torch.arange(9), indexing="ij")
+    far = t - s >= 4
+    sliding, full = c.source_effects(1, 3, rho), c.source_effects(2, 0, rho)
+    assert float(sliding[far].abs().max()) == 0 and float(full[far].abs().min()) > 0
+    effects = c.head_effects(rho)
+    assert torch.allclose(sliding.sum(1), effects[1, 3], atol=1e-5)
 
 
 def test_a_head_without_value_projection_is_named():

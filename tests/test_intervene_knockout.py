@@ -23,7 +23,20 @@ def test_no_edges_changes_nothing(arch):
         base = lm.model(input_ids=ids, use_cache=False).logits
     edits = [Edit(f"attn.{i}", "knockout", [], positions=[5]) for i in range(lm.n_layers)]
     assert torch.equal(run_with(lm, edits, ids), base)
-    cut = run_with(lm, [Edit("attn.1", "knockout", [0, 1], positions=[5])], ids)
+    cut = run_with(lm, [Edit("attn.1", "knockout", [2, 3], positions=[5])], ids)  # inside every window
+    assert torch.equal(cut[:, :5], base[:, :5]) and not torch.equal(cut[:, 5], base[:, 5])
+
+
+def test_sliding_window_layers_ignore_edges_they_do_not_have():
+    """Gemma 3 (the tiny model: window 4 in blocks 0 and 1, block 2 global): cutting 5 → 0 and 5 → 1 changes
+    nothing bit for bit in a sliding block, which never had those edges, and changes the global block."""
+    lm = LensModel.from_hf(tiny_model("gemma3"))
+    ids = random_batch(2, 6)
+    with torch.no_grad():
+        base = lm.model(input_ids=ids, use_cache=False).logits
+    for i in (0, 1):
+        assert torch.equal(run_with(lm, [Edit(f"attn.{i}", "knockout", [0, 1], positions=[5])], ids), base), i
+    cut = run_with(lm, [Edit("attn.2", "knockout", [0, 1], positions=[5])], ids)
     assert torch.equal(cut[:, :5], base[:, :5]) and not torch.equal(cut[:, 5], base[:, 5])
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ARCHS = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "gemma2", "phi3", "opt")
+ARCHS = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "gemma2", "gemma3", "phi3", "opt")
 VOCAB = 211  # odd, so no accidental tile alignment
 D, LAYERS, HEADS = 48, 3, 4
 
@@ -20,6 +20,7 @@ EXPECTED = {
     "mistral": ("rmsnorm", 0.0, True),
     "qwen2": ("rmsnorm", 0.0, True),
     "gemma2": ("rmsnorm", 1.0, True),
+    "gemma3": ("rmsnorm", 1.0, True),
     "phi3": ("rmsnorm", 0.0, False),
     "opt": ("layernorm", 0.0, True),
 }
@@ -49,6 +50,13 @@ def _config(arch: str, **overrides):
     elif arch == "gemma2":
         cfg = tf.Gemma2Config(**llama_like, head_dim=D // HEADS, final_logit_softcapping=GEMMA_SOFTCAP,
                               attn_logit_softcapping=50.0, query_pre_attn_scalar=D // HEADS, sliding_window=4)
+    elif arch == "gemma3":
+        # Gemma 3: QK-norm, pre- and post-norms, embeddings scaled by √d, sliding and global layers, no
+        # final soft-cap (as Gemma 3 270M); a window of 4 so that sliding layers cut real sequences here.
+        cfg = tf.Gemma3TextConfig(**llama_like, head_dim=D // HEADS, query_pre_attn_scalar=D // HEADS,
+                                  sliding_window=4, final_logit_softcapping=None, attn_logit_softcapping=None,
+                                  layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                                  architectures=["Gemma3ForCausalLM"])  # as the real config names it
     elif arch == "phi3":
         cfg = tf.Phi3Config(**llama_like)
     elif arch == "opt":

@@ -6,6 +6,10 @@ import torch
 IGNORE_INDEX = -100  # target id meaning "no next token here" (as in HF's loss)
 
 
+class AdapterError(ValueError):
+    """The adapter could not find or express a part of the model (or find the model's files)."""
+
+
 def check_tensor(name: str, t, *, ndim=None, floating: bool = False, finite: bool = True) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")

