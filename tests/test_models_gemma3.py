@@ -143,3 +143,34 @@ def test_probe_r2_matches_a_float64_ridge(gemma_lm):
             assert abs(fit["r2_train"] - r2_train[j]) <= tol_train[j], (s, j)
             assert abs(fit["r2_heldout"] - r2_held[j]) <= tol_held[j], (s, j)
     assert np.isfinite([f["r2_heldout"] for fits in result.fits for f in fits]).all()
+
+
+def test_the_tuned_lens_on_19_sites(gemma_lm, ids):
+    """At its identity init the tuned lens reads exactly as the logit lens on all 19 sites, and the loss it
+    trains on, the fused KL to the final layer over 262k logits, has the float64 autograd value and
+    gradient on Gemma's own residuals."""
+    from fusedlens import Unembed
+    from fusedlens.ops.lens_kl import lens_kl, reference_lens_kl
+    from fusedlens.tuned.lens import TunedLens
+
+    lm = gemma_lm
+    lens = TunedLens.from_model(lm)
+    res = capture_residuals(lm, ids)
+    assert len(lens.sites) == 18 and lens.sites[0] == "embed"  # the translators; the final site is the model's
+    got = lens.lens_stats(res.hidden, res.targets, k=1)
+    want = ops.lens_stats(res.hidden, lm.norm, lm.unembed, res.targets, k=1)
+    assert torch.equal(got.kl_to_final, want.kl_to_final) and torch.equal(got.top1, want.top1)
+    hidden = res.hidden[[0, 6, 12, 17], :6]
+    final = res.hidden[-1, :6]
+    upstream = torch.rand(hidden.shape[:2]) + 0.5
+
+    def grad(dtype, run):
+        h = hidden.to(dtype).requires_grad_(True)
+        kl = run(lm.norm(h), lm.norm(final.to(dtype)))
+        (g,) = torch.autograd.grad((kl * upstream.to(dtype)).sum(), h)
+        return kl.detach(), g
+
+    want_kl, want_g = grad(torch.float64, lambda x, f: reference_lens_kl(x, f, Unembed(lm.unembed.weight.double())).kl)
+    got_kl, got_g = grad(torch.float32, lambda x, f: lens_kl(x, f, lm.unembed, backend="cpu", compute="fp32").kl)
+    assert bool(((got_kl.double() - want_kl).abs() <= 1e-4 + 1e-5 * want_kl.abs()).all())
+    assert float((got_g.double() - want_g).norm() / want_g.norm()) < 1e-5
