@@ -90,7 +90,7 @@ def _module():
     return _MODULE
 
 
-def measure(threads: int | None = None, iters: int = 100_000_000) -> dict:
+def measure(threads: int | None = None, iters: int = 400_000_000) -> dict:
     """GFLOP/s per kind this CPU has, on `threads` threads (default torch's) and on one thread."""
     from fusedlens.core.cpu import supported_isas
 
@@ -114,7 +114,7 @@ def measure(threads: int | None = None, iters: int = 100_000_000) -> dict:
 
 def main():
     ap = arg_parser(__doc__, "fma_peak.json", threads=None)
-    ap.add_argument("--iters", type=int, default=200_000_000)
+    ap.add_argument("--iters", type=int, default=400_000_000)
     ap.add_argument("--threads", type=int, default=0, help="threads (default: torch's)")
     args = ap.parse_args()
     res = measure(args.threads or None, args.iters)

@@ -99,6 +99,7 @@ def floor_job(tokens: int, seq_len: int, lm=None) -> dict:
 def fused_job(tokens: int, seq_len: int, lm=None, compute: str = "auto") -> dict:
     from fusedlens.job import RunConfig, run_corpus
 
+    lm = lm or model(MODEL)
     with tempfile.TemporaryDirectory() as out:
         cfg = RunConfig(corpus=["pydoc"], out=out, seq_len=seq_len, batch_size=1, max_tokens=tokens, progress=False,
                         compute=compute)
@@ -159,7 +160,9 @@ def main():
         limit = int(args.mem_limit_gib * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # out of memory: an error here, not the OOM killer
         res = JOBS[args.one](args.tokens, args.seq_len)
-        print(json.dumps({**res, "peak_rss_mib": peak_rss_kib() / 1024}))
+        lm = model(MODEL)  # the one the job ran (cached): named in its result
+        print(json.dumps({**res, "peak_rss_mib": peak_rss_kib() / 1024, "model": lm.describe()["model"],
+                          "vocab": lm.vocab_size}))
         return
     model_args = ["--model", args.model] if args.model else []
     if args.sweep:

@@ -43,6 +43,8 @@ ROWS = [
     ("dla --model {t}/file.txt --prompt x --out {o}", 2, "model: ", B),
     ("dla --model {t}/folder --prompt x --out {o}", 2, "holds no model", B),
     ("dla --model ./no/such/model --prompt x --out {o}", 2, "does not exist", B),
+    ("demo --model ./no/such/model --out {o}", 2, "does not exist", A),
+    ("demo --model gemma-3-270m --gguf-file x.gguf --out {o}", 2, "named model", A),
     ("dla --model {m} --prompt abc --answer a --counterfactual a --out {o}", 2, "is the answer", B),
     ("dla --model {m} --prompt abc --answer ab --out {o}", 2, "expected exactly one", A),
     # --- patch and knockout

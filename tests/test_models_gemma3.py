@@ -174,3 +174,15 @@ def test_the_tuned_lens_on_19_sites(gemma_lm, ids):
     got_kl, got_g = grad(torch.float32, lambda x, f: lens_kl(x, f, lm.unembed, backend="cpu", compute="fp32").kl)
     assert bool(((got_kl.double() - want_kl).abs() <= 1e-4 + 1e-5 * want_kl.abs()).all())
     assert float((got_g.double() - want_g).norm() / want_g.norm()) < 1e-5
+
+
+def test_the_demo_names_the_model(gemma_lm, tmp_path):
+    import json
+
+    from fusedlens.cli.demo import run_demo
+
+    rows = run_demo(n_tokens=48, seq_len=24, out_dir=str(tmp_path / "demo"), lm=gemma_lm, quiet=True,
+                    model="gemma-3-270m")
+    assert [r["site"] for r in rows][-1] == "resid.17" and len(rows) == 19
+    saved = json.load(open(tmp_path / "demo" / "demo.json"))
+    assert saved["model"]["vocab_size"] == 262144 and saved["tokens"] == 48

@@ -1,4 +1,4 @@
-"""`fusedlens demo`: the logit lens of the embedded SmolLM2-135M over English text from pydoc_data."""
+"""`fusedlens demo`: the logit lens of the embedded SmolLM2-135M (or --model) over English text from pydoc_data."""
 from __future__ import annotations
 
 import os
@@ -9,29 +9,32 @@ from .. import report
 from ..core.checks import check_output_dir
 from ..core.files import write_json
 from ..core.fields import option
-from ..core.models import LensModel, load_model
+from ..core.model_files import DEFAULT_MODEL, MODELS
+from ..core.models import LensModel, ModelOptions, load_model
 from ..data.windows import corpus_ids
 from ..lens.logit_lens import LogitLens
 from .options import add_arguments, from_args, out_default
 
-HELP = "logit lens of the embedded SmolLM2-135M over pydoc text: table, JSON and pictures"
+HELP = "logit lens of the embedded SmolLM2-135M (or --model) over pydoc text: table, JSON and pictures"
 
 
-@dataclass
-class DemoConfig:
+@dataclass(kw_only=True)
+class DemoConfig(ModelOptions):
     tokens: int = option(2048, "tokens of text to decode")
     seq_len: int = option(512, "tokens per forward")
     out: str = option(out_default("demo"), "output folder")
 
 
 def run_demo(n_tokens: int = 2048, seq_len: int = 512, out_dir: str = out_default("demo"), k: int = 1,
-             lm: LensModel | None = None, quiet: bool = False, grid_positions: int = 24) -> list[dict]:
+             lm: LensModel | None = None, quiet: bool = False, grid_positions: int = 24,
+             model: str | None = None, gguf_file: str | None = None) -> list[dict]:
     say = (lambda *a: None) if quiet else print
     if n_tokens < 2 or seq_len < 2:
         raise ValueError(f"n_tokens, seq_len: need at least 2 tokens, got {n_tokens}, {seq_len}")
     check_output_dir("out", out_dir, "demo")
     t0 = time.perf_counter()
-    lm = lm or load_model()
+    lm = lm or load_model(model, gguf_file=gguf_file)
+    name = MODELS[model or DEFAULT_MODEL].title if (model or DEFAULT_MODEL) in MODELS else lm.describe()["model"]
     lm.check_window(min(seq_len, n_tokens))
     say(f"model: {lm.describe()['model']} ({lm.n_layers} layers, d_model {lm.d_model}, vocab {lm.vocab_size}) "
         f"loaded in {time.perf_counter() - t0:.1f}s")
@@ -46,7 +49,7 @@ def run_demo(n_tokens: int = 2048, seq_len: int = 512, out_dir: str = out_defaul
                        "mean_prediction_depth": result.mean_prediction_depth, "layers": rows},
                       os.path.join(out_dir, "demo.json"))
     report.plot_layer_curves(rows, os.path.join(out_dir, "demo_logit_lens.png"),
-                             title=f"logit lens, SmolLM2-135M-Instruct, {result.n_tokens} tokens of pydoc text")
+                             title=f"logit lens, {name}, {result.n_tokens} tokens of pydoc text")
     report.plot_lens_grid(result, lm.tokenizer, os.path.join(out_dir, "demo_lens_grid.png"), seq=0,
                           max_positions=grid_positions,
                           title=f"logit lens of the first {grid_positions} tokens of the pydoc text (bold = true next token)")
@@ -56,7 +59,7 @@ def run_demo(n_tokens: int = 2048, seq_len: int = 512, out_dir: str = out_defaul
 
 def main(args) -> int:
     cfg = from_args(DemoConfig, args)
-    run_demo(n_tokens=cfg.tokens, seq_len=cfg.seq_len, out_dir=cfg.out)
+    run_demo(n_tokens=cfg.tokens, seq_len=cfg.seq_len, out_dir=cfg.out, model=cfg.model, gguf_file=cfg.gguf_file)
     return 0
 
 
