@@ -256,3 +256,42 @@ def test_residuals_from_tensors_bad_input(sites, tensors, match):
         residuals_from_tensors(sites, tensors, random_batch(2, 5))
     with pytest.raises(ValueError, match="outside"):
         residuals_from_tensors(["r"], [torch.randn(1, 2, 4)], torch.tensor([[1, VOCAB]]), vocab_size=VOCAB)
+
+
+def _bos_tokenizer():
+    """The tiny character tokenizer, made to put <s> (id 1) in front of every text, as Gemma's does."""
+    from tokenizers import processors
+    from tiny_models import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    assert tok("ab")["input_ids"][0] == 1 and tok("ab", add_special_tokens=False)["input_ids"][0] != 1
+    return tok
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+@torch.no_grad()
+def test_rows_without_bos_are_read_behind_it(arch):
+    """A model whose tokenizer adds BOS reads a window without it behind one: the rows equal, bit for bit,
+    those of the same window given with BOS, minus the BOS row; a row that has BOS gets no second one."""
+    from fusedlens.core.capture import capture_residuals
+
+    lm = LensModel.from_hf(tiny_model(arch), _bos_tokenizer())
+    assert lm.bos_id == 1 and LensModel.from_hf(tiny_model(arch)).bos_id is None
+    ids = torch.randint(4, VOCAB, (2, 7))
+    got = capture_residuals(lm, ids)
+    with_bos = capture_residuals(lm, torch.cat([torch.ones(2, 1, dtype=torch.long), ids], 1))
+    keep = with_bos.position > 0
+    assert torch.equal(got.hidden, with_bos.hidden[:, keep])
+    assert torch.equal(got.targets, torch.cat([ids[0, 1:], torch.tensor([IGNORE_INDEX]), ids[1, 1:],
+                                               torch.tensor([IGNORE_INDEX])]))
+    assert got.position.tolist() == list(range(7)) * 2
+    # a padded batch mixing a row with BOS and one without: each as its own window behind one BOS
+    a, b = torch.cat([torch.tensor([1]), ids[0, :4]]), ids[1, :6]
+    ids2 = torch.zeros(2, 6, dtype=torch.long)
+    ids2[0, :5], ids2[1] = a, b
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, :5], mask[1] = True, True
+    mixed = capture_residuals(lm, ids2, mask)
+    alone_a, alone_b = capture_residuals(lm, a[None]), capture_residuals(lm, b[None])
+    torch.testing.assert_close(mixed.hidden, torch.cat([alone_a.hidden, alone_b.hidden], 1), atol=ATOL, rtol=RTOL)

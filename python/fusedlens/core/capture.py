@@ -27,6 +27,21 @@ class _StopForward(Exception):
     pass
 
 
+def with_bos(input_ids: torch.Tensor, mask: torch.Tensor, bos_id: int | None):
+    """(ids, mask) the model is run on, and the mask of the given tokens among them: with bos_id, one
+    column in front holding BOS for every row whose first real token is not BOS (a masked pad for
+    the others). Without, the batch as given."""
+    if bos_id is None:
+        return input_ids, mask, mask
+    first = input_ids.gather(1, mask.long().argmax(1, keepdim=True))[:, 0]
+    needs = (first != bos_id) & mask.any(1)
+    if not bool(needs.any()):
+        return input_ids, mask, mask
+    column = torch.full_like(input_ids[:, :1], bos_id)
+    return (torch.cat([column, input_ids], 1), torch.cat([needs[:, None], mask], 1),
+            torch.cat([torch.zeros_like(needs[:, None]), mask], 1))
+
+
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Position of each token within its own sequence: padding before it does not count."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -111,6 +126,7 @@ class ResidualCapture:
         self.sites = (["embed"] if embed else []) + [s for i in layers for s in ((f"mid.{i}",) if mid else ()) + (f"resid.{i}",)]
         self._handles: list = []
         self._mask: torch.Tensor | None = None
+        self.forward_mask: torch.Tensor | None = None
         self.store: dict[str, torch.Tensor] = {}
         self.emit_seconds = 0.0  # time spent handing rows out (and in consumers), for throughput reports
 
@@ -185,21 +201,27 @@ class ResidualCapture:
 
     @torch.no_grad()
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Residuals:
-        """Forward one batch [batch, seq] and return its captured residuals."""
+        """Forward one batch [batch, seq] and return its captured residuals.
+
+        A model whose tokenizer begins every text with BOS (`LensModel.bos_id`: Gemma) reads each row
+        that does not begin with it behind one, as it was trained to; the BOS row is not captured, so
+        the residuals are those of the given tokens, in the model's own context."""
         input_ids, mask = check_batch(input_ids, attention_mask, self.lm.vocab_size)
         device = self.lm.device
+        ids_in, mask_in, emit = with_bos(input_ids, mask, self.lm.bos_id)
         # With left padding, models with absolute positions (GPT-2) would count the pads; give each
         # sequence its own positions so a padded row equals the same sequence run alone.
-        positions = positions_from_mask(mask)
-        shifted = bool((positions != torch.arange(mask.shape[1], device=mask.device))[mask].any())
-        self._mask, self.store = mask.to(device), {}
+        positions = positions_from_mask(mask_in)
+        shifted = bool((positions != torch.arange(mask_in.shape[1], device=mask.device))[mask_in].any())
+        self._mask, self.store = emit.to(device), {}
+        self.forward_mask = emit  # the forward's columns that hold the rows (components read the same)
         try:
             with self:
                 if self.lm.run_forward is not None:
-                    self.lm.run_forward(input_ids.to(device), mask.long().to(device),
+                    self.lm.run_forward(ids_in.to(device), mask_in.long().to(device),
                                         positions.to(device) if shifted else None)
                 else:
-                    kwargs = dict(input_ids=input_ids.to(device), attention_mask=mask.long().to(device),
+                    kwargs = dict(input_ids=ids_in.to(device), attention_mask=mask_in.long().to(device),
                                   use_cache=False)
                     if shifted and _accepts_position_ids(self.lm.model):
                         kwargs["position_ids"] = positions.to(device)

@@ -214,7 +214,7 @@ class ComponentCapture:
         runner = ResidualCapture(self.lm, layers=[self.lm.n_layers - 1], embed=False, keep=False)
         with self:
             res = runner.run(input_ids, mask.long())
-        return self.collect(mask), res
+        return self.collect(runner.forward_mask), res  # the forward's columns: a BOS in front is not a row
 
     def collect(self, mask: torch.Tensor) -> Components:
         """The recorded forward's parts at the real positions of mask [batch, seq] (bool)."""

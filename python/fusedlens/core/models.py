@@ -138,6 +138,8 @@ class LensModel:
     center_unembed), so every logit is the source model's minus its row's mean.
     `parts`: block parts named by hand for a layout core.structure does not know
     ({"attn_out": "self_attn.o_proj", ...}); every reader of block parts uses them.
+    `bos_id`: the BOS id the tokenizer puts in front of every text (Gemma), else None: corpus
+    windows, tokenized without it, are read behind it (core.capture).
     """
 
     model: nn.Module
@@ -152,6 +154,7 @@ class LensModel:
     run_forward: Callable | None = None
     logits_centered: bool = False
     parts: dict | None = None
+    bos_id: int | None = None
 
     @classmethod
     def from_hf(cls, model: nn.Module, tokenizer=None, *, layers: str | None = None,
@@ -183,7 +186,7 @@ class LensModel:
         return cls(model=model, layers=layer_list, final_norm_module=norm_module, norm=norm,
                    unembed=Unembed(weight, bias, softcap), embed=_hf_accessor(model, "get_input_embeddings"), tokenizer=tokenizer,
                    paths={"layers": layers_path, "final_norm": norm_path, "unembed": unembed or "get_output_embeddings()"},
-                   parts=dict(parts) if parts else None)
+                   parts=dict(parts) if parts else None, bos_id=tokenizer_bos(tokenizer))
 
     @property
     def n_layers(self) -> int:
@@ -244,6 +247,18 @@ class LensModel:
             "softcap": self.unembed.softcap,
             **{f"path.{k}": v for k, v in (self.paths or {}).items()},
         }
+
+
+def tokenizer_bos(tokenizer) -> int | None:
+    """The BOS id a tokenizer puts in front of every text by itself, or None."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if tokenizer is None or bos is None:
+        return None
+    try:
+        ids = tokenizer("a")["input_ids"]
+    except Exception:  # a tokenizer that cannot encode a letter adds nothing we can see
+        return None
+    return int(bos) if len(ids) and ids[0] == bos else None
 
 
 def default_model_file() -> tuple[str, str]:

@@ -28,10 +28,10 @@ class CorpusDLA(CorpusAnalysis):
 
     @classmethod
     def build(cls, cfg, corpus_pass: CorpusPass) -> "CorpusDLA | None":
-        return cls(corpus_pass.lm) if cfg.dla else None
+        return cls(corpus_pass.lm, corpus_pass.capture) if cfg.dla else None
 
-    def __init__(self, lm):
-        self.lm = lm
+    def __init__(self, lm, residual_capture=None):
+        self.lm, self.residual_capture = lm, residual_capture
         self.capture = ComponentCapture(lm, heads=True)
         self.names = component_names(lm.n_layers, self.capture.n_heads, None)
         self.sums = torch.zeros(len(self.names), dtype=torch.float64)
@@ -43,8 +43,9 @@ class CorpusDLA(CorpusAnalysis):
 
     def update(self, batch: CorpusBatch) -> None:
         """After a forward run inside `forward_context()`: add the rows' effects on their next tokens."""
-        mask, targets = batch.mask, batch.residuals.targets
-        comp = self.capture.collect(mask.bool())
+        targets = batch.residuals.targets
+        forward = getattr(self.residual_capture, "forward_mask", None)  # a BOS in front is not a row
+        comp = self.capture.collect((forward if forward is not None else batch.mask).bool())
         ids = targets.to(comp.final.device).masked_fill(targets.to(comp.final.device) < 0, -1)
         keep = ids >= 0
         c = contributions(comp, Frozen.of(self.lm.norm, comp.final), self.lm, ids)[:, keep]
