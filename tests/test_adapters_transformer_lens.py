@@ -206,7 +206,7 @@ def test_example_on_smollm2_equals_hf(real_lm, capsys):
 
 @needs_hooked
 @pytest.mark.parametrize("processing", ["none", "default"])
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "gemma3"])  # HookedTransformer 3.9 has no Gemma 3
 @torch.no_grad()
 def test_hooked_transformer_stats_equal_hf(arch, processing, tokenizer, tmp_path):
     hf_model = tiny_model(arch)
