@@ -33,53 +33,47 @@ from common import (arg_parser, in_fresh_process, interleaved, model, peak_rss_k
 MODEL = None  # --model: a name fusedlens knows (None: the embedded SmolLM2-135M)
 
 
-def naive_job(tokens: int, seq_len: int, lm=None) -> dict:
+def _materialised_job(lm, seqs, logits_of) -> dict:
+    """The lens the naive way: every site's logits [sites, tokens, vocab] of a sequence at once
+    (logits_of(ids)), reduced by the float64 reference's formulas into the per-site sums."""
     from fusedlens.lens.aggregate import LensAggregate
     from fusedlens.ops.reference import stats_from_logits
 
-    lm = lm or model(MODEL)
-    seqs = pydoc_sequences(lm, tokens, seq_len)
     agg = None
     t0 = time.perf_counter()
     with torch.no_grad():
         for s in seqs:
-            out = lm.model(input_ids=s.ids[None], output_hidden_states=True, use_cache=False)
-            # hidden_states[-1] is post-norm in HF; the pre-norm last residual is what the lens decodes
-            hs = out.hidden_states[:-1]  # embedding and blocks 0..L-2; the last block's lens is the model's logits
-            logits = [lm.unembed(lm.norm(h[0])) for h in hs] + [out.logits[0]]
-            z = torch.stack(logits)
+            z = logits_of(s.ids[None])
             targets = torch.full((s.ids.numel(),), -100)
             targets[:-1] = s.ids[1:]
-            stats = stats_from_logits(z, targets, 5)
             agg = agg or LensAggregate([f"h{i}" for i in range(z.shape[0])], lm.vocab_size)
-            agg.update(stats, targets)
+            agg.update(stats_from_logits(z, targets, 5), targets)
     return {"seconds": time.perf_counter() - t0, "tokens": agg.tokens}
+
+
+def naive_job(tokens: int, seq_len: int, lm=None) -> dict:
+    lm = lm or model(MODEL)
+
+    def logits_of(ids):
+        out = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False)
+        # hidden_states[-1] is post-norm in HF; the pre-norm last residual is what the lens decodes
+        hs = out.hidden_states[:-1]  # embedding and blocks 0..L-2; the last block's lens is the model's logits
+        return torch.stack([lm.unembed(lm.norm(h[0])) for h in hs] + [out.logits[0]])
+    return _materialised_job(lm, pydoc_sequences(lm, tokens, seq_len), logits_of)
 
 
 def tl_bridge_job(tokens: int, seq_len: int, lm=None) -> dict:
     from transformer_lens.model_bridge import TransformerBridge
 
-    from fusedlens.lens.aggregate import LensAggregate
-    from fusedlens.ops.reference import stats_from_logits
-
     lm = lm or model(MODEL)
-    seqs = pydoc_sequences(lm, tokens, seq_len)
     lm.model.config.architectures = [type(lm.model).__name__]  # a config read from a GGUF names none
     tl = TransformerBridge.boot_transformers(lm.model.config.name_or_path or "model", hf_model=lm.model,
                                              tokenizer=lm.tokenizer, device="cpu")
-    agg = None
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for s in seqs:
-            _, cache = tl.run_with_cache(s.ids[None])
-            z = tl.unembed(cache.accumulated_resid(apply_ln=True))[:, 0]  # [sites, tokens, vocab], all at once
-            del cache
-            targets = torch.full((s.ids.numel(),), -100)
-            targets[:-1] = s.ids[1:]
-            stats = stats_from_logits(z, targets, 5)
-            agg = agg or LensAggregate([f"h{i}" for i in range(z.shape[0])], lm.vocab_size)
-            agg.update(stats, targets)
-    return {"seconds": time.perf_counter() - t0, "tokens": agg.tokens}
+
+    def logits_of(ids):
+        _, cache = tl.run_with_cache(ids)
+        return tl.unembed(cache.accumulated_resid(apply_ln=True))[:, 0]  # [sites, tokens, vocab], all at once
+    return _materialised_job(lm, pydoc_sequences(lm, tokens, seq_len), logits_of)
 
 
 def floor_job(tokens: int, seq_len: int, lm=None) -> dict:
