@@ -149,15 +149,20 @@ def directions(lm: LensModel | None = None, *, pos=None, neg=None, pairs=None, l
     V, mid = result.stacked(), result.midpoints()
     scores, labels = [], []
     for batch in batches(held):
-        x, lab, _ = batch_rows(capture, batch)
-        scores.append(projection_scores(V.to(x.device), mid.to(x.device), x).cpu())
-        labels.append(lab.cpu())
+        x, lab, seq = batch_rows(capture, batch)
+        # rows in pair order (each pair's positive rows, then its negative's), whatever the batching
+        order = torch.sort((seq % len(batch)) * 2 + (seq >= len(batch)).long(), stable=True).indices
+        scores.append(projection_scores(V.to(x.device), mid.to(x.device), x[:, order]).cpu())
+        labels.append(lab[order].cpu())
         bar.update(len(batch) * world)
     bar.close()
     if dist is not None:
         gathered = [None] * world
         dist.all_gather_object(gathered, (scores, labels))
-        scores, labels = [s for g in gathered for s in g[0]], [lab for g in gathered for lab in g[1]]
+        # back to held-out order: chunk k was scored by rank k % world, as its (k // world)-th
+        n_chunks = sum(len(g[0]) for g in gathered)
+        scores = [gathered[k % world][0][k // world] for k in range(n_chunks)]
+        labels = [gathered[k % world][1][k // world] for k in range(n_chunks)]
     result.evaluate(torch.cat(scores, -1) if scores else None, torch.cat(labels) if labels else None)
     result.meta["timing"] = {"accumulate_s": t1 - t0, "total_s": time.perf_counter() - t0}
     return result

@@ -29,6 +29,8 @@ class DirectionsResult:
     facts: list[dict]  # per site: counts, norms, rank, ...
     meta: dict = field(default_factory=dict)
     heldout: list[dict] = field(default_factory=list)  # per site: {kind: {accuracy, auroc}}, counts
+    heldout_scores: torch.Tensor | None = None  # [S, kinds, rows] float64, rows in held-out pair order
+    heldout_labels: torch.Tensor | None = None  # [rows] bool (True: positive)
 
     def stacked(self) -> torch.Tensor:
         """[S, kinds, d] float32 in KINDS order."""
@@ -45,6 +47,8 @@ class DirectionsResult:
 
     def evaluate(self, scores: torch.Tensor | None, labels: torch.Tensor | None) -> None:
         """scores [S, kinds, rows] (projection − midpoint), labels [rows] → self.heldout."""
+        self.heldout_scores = scores
+        self.heldout_labels = labels.bool() if labels is not None else None
         self.heldout = []
         for s in range(len(self.sites)):
             row = {"n_heldout_pos": int(labels.sum()) if labels is not None else 0,
