@@ -3,7 +3,9 @@
 Sites: `embed` (the first block's input), `resid.i` (block i's output), `mid.i` (the residual
 between block i's attention and MLP), `attn.i` / `mlp.i` (their outputs as added to the residual,
 after any post-norm), `head.i.h` (head h's slice of the attention output projection's input,
-[d_head]). An `Edit` names a site, the batch rows and positions it applies to and what it does;
+[d_head]), `neuron.i.n` (input n of the MLP's down projection, [1]), `q.i.h` (query head h) and
+`k.i.h` / `v.i.h` (key/value head h) as the attention function receives them (after any rotary
+embedding and QK-norm; core.attention_tap), [d_head]. An `Edit` names a site, the batch rows and positions it applies to and what it does;
 every edit of a site is applied by one hook as the forward passes, so a grid of interventions,
 one per batch row, is one batched forward. `mid.i` is written through the attention output: the
 hook adds f(mid) − mid to it, so the residual and the MLP's input both see f(mid) (and an edit
@@ -17,10 +19,11 @@ from dataclasses import dataclass
 import torch
 
 from ..core.models import LensModel
-from ..core.structure import block_parts, first_tensor, mid_norm_name, n_heads, with_first
+from ..core.attention_tap import AttentionTap
+from ..core.structure import block_parts, first_tensor, mid_norm_name, n_heads, n_kv_heads, with_first
 
 OPS = ("replace", "add", "scale", "apply", "knockout")
-_SITE = re.compile(r"^(embed|resid|mid|attn|mlp|head)(?:\.(\d+))?(?:\.(\d+))?$")
+_SITE = re.compile(r"^(embed|resid|mid|attn|mlp|head|neuron|q|k|v)(?:\.(\d+))?(?:\.(\d+))?$")
 
 
 @dataclass
@@ -43,15 +46,17 @@ def parse_site(site: str, lm: LensModel, heads: int | None = None) -> tuple[str,
     """site name → (kind, layer, head), checked against the model (a one-line error otherwise)."""
     m = _SITE.match(site) if isinstance(site, str) else None
     if m is None:
-        raise ValueError(f"site: unknown {site!r}; expected embed, resid.i, mid.i, attn.i, mlp.i or head.i.h")
+        raise ValueError(f"site: unknown {site!r}; expected embed, resid.i, mid.i, attn.i, mlp.i, head.i.h, "
+                         "neuron.i.n, q.i.h, k.i.h or v.i.h")
     kind, layer, head = m.group(1), m.group(2), m.group(3)
-    wants = {"embed": 0, "resid": 1, "mid": 1, "attn": 1, "mlp": 1, "head": 2}[kind]
+    wants = {"embed": 0, "resid": 1, "mid": 1, "attn": 1, "mlp": 1}.get(kind, 2)
     if (layer is not None) + (head is not None) != wants:
         raise ValueError(f"site: {site!r} needs {wants} index(es) after {kind!r}")
     if layer is not None and not int(layer) < lm.n_layers:
         raise ValueError(f"site: {site!r}: layer {layer} out of range [0, {lm.n_layers})")
-    if head is not None:
+    if head is not None and kind in ("head", "q", "k", "v"):
         heads = heads or n_heads(lm)
+        heads = n_kv_heads(lm, heads) if kind in ("k", "v") else heads
         if not int(head) < heads:
             raise ValueError(f"site: {site!r}: head {head} out of range [0, {heads})")
     return kind, None if layer is None else int(layer), None if head is None else int(head)
@@ -81,9 +86,10 @@ class Intervention:
         if not isinstance(lm, LensModel):
             raise ValueError(f"lm: expected a LensModel, got {type(lm).__name__}")
         self.lm, self.edits = lm, list(edits)
-        need_parts = any(e.site.split(".")[0] in ("attn", "mlp", "head", "mid") for e in self.edits)
-        want_heads = any(e.site.startswith("head.") for e in self.edits)
-        self.parts = block_parts(lm, heads=want_heads, neurons=False) if need_parts else None
+        need_parts = any(e.site.split(".")[0] in ("attn", "mlp", "head", "mid", "neuron") for e in self.edits)
+        want_heads = any(e.site.split(".")[0] in ("head", "q", "k", "v") for e in self.edits)
+        self.parts = block_parts(lm, heads=want_heads, neurons=any(e.site.startswith("neuron.") for e in self.edits)) \
+            if need_parts else None
         self.n_heads = n_heads(lm) if want_heads else None
         self.by_site: dict[str, list[Edit]] = {}
         for e in self.edits:
@@ -145,8 +151,19 @@ class Intervention:
             return args, {**kwargs, "attention_mask": mask}
         return pre
 
+    def _edit_qkv(self, layer, q, k, v):
+        """Rewrite the query, key or value heads of `layer` that have edits (core.attention_tap)."""
+        got = {"q": q, "k": k, "v": v}
+        for site, kind, i, head in self._qkv_sites:
+            if i == layer:
+                x = got[kind].clone()
+                x[:, head] = self._edit(site, x[:, head])
+                got[kind] = x
+        return got["q"], got["k"], got["v"]
+
     def __enter__(self):
         blocks = self.lm.layers
+        self._qkv_sites = []
         if self.knockouts and getattr(self.lm.model.config, "_attn_implementation", "eager") != "eager":
             self._eager = self.lm.model.config._attn_implementation  # the additive mask is eager attention's
             self.lm.model.set_attn_implementation("eager")
@@ -182,6 +199,17 @@ class Intervention:
                     zh[..., head, :] = edited
                     return (zh.reshape(z.shape), *args[1:])
                 self._handles.append(self.parts[i].attn_out.register_forward_pre_hook(head_pre))
+            elif kind == "neuron":
+                self._keep_block_input(i)
+
+                def neuron_pre(_m, args, site=site, i=i, n=head):
+                    x = args[0]
+                    h = x.reshape(*self._block_input[i].shape[:-1], x.shape[-1]).clone()
+                    h[..., n:n + 1] = self._edit(site, h[..., n:n + 1])
+                    return (h.reshape(x.shape), *args[1:])
+                self._handles.append(self.parts[i].mlp_down.register_forward_pre_hook(neuron_pre))
+            elif kind in ("q", "k", "v"):
+                self._qkv_sites.append((site, kind, i, head))
             else:  # mid: through the attention output, which sees the block input
                 self._keep_block_input(i)
                 module = self.parts[i].added("attn")
@@ -191,6 +219,8 @@ class Intervention:
                     mid = self._block_input[i] + a
                     return with_first(out, a + (self._edit(site, mid) - mid))
                 self._handles.append(module.register_forward_hook(mid_hook))
+        if self._qkv_sites:
+            self._tap = AttentionTap(self.lm, self._edit_qkv, keep=False).__enter__()
         return self
 
     def _keep_block_input(self, i: int) -> None:
@@ -203,6 +233,9 @@ class Intervention:
         self._handles.append(handle)
 
     def __exit__(self, *exc):
+        if getattr(self, "_tap", None) is not None:
+            self._tap.__exit__(*exc)
+            self._tap = None
         for h in self._handles:
             h.remove()
         self._handles.clear()

@@ -51,7 +51,7 @@ class PatchResult:
                 "restored": {k: nested(v) for k, v in self.restored.items()}}
 
 
-def _ids(lm: LensModel, name: str, prompt) -> torch.Tensor:
+def prompt_ids(lm: LensModel, name: str, prompt) -> torch.Tensor:
     if isinstance(prompt, torch.Tensor):
         ids = prompt.reshape(-1).long()
     elif isinstance(prompt, str) and prompt.strip() and lm.tokenizer is not None:
@@ -122,7 +122,7 @@ def patch(lm: LensModel, clean, corrupted, answer, counterfactual=None, *, kinds
     b = None if counterfactual is None else one_token(lm, "counterfactual", counterfactual)
     if a == b:
         raise ValueError(f"counterfactual: the same token as the answer ({a}); the logit difference would be 0")
-    clean_ids, bad_ids = _ids(lm, "clean", clean), _ids(lm, "corrupted", corrupted)
+    clean_ids, bad_ids = prompt_ids(lm, "clean", clean), prompt_ids(lm, "corrupted", corrupted)
     if position_map is None:
         if clean_ids.numel() != bad_ids.numel():
             raise ValueError(f"clean, corrupted: {clean_ids.numel()} and {bad_ids.numel()} tokens; give the same "
@@ -211,7 +211,7 @@ def knockout(lm: LensModel, prompt, answer, counterfactual=None, *, keys, querie
     b = None if counterfactual is None else one_token(lm, "counterfactual", counterfactual)
     if a == b:
         raise ValueError(f"counterfactual: the same token as the answer ({a}); the logit difference would be 0")
-    ids = _ids(lm, "prompt", prompt)
+    ids = prompt_ids(lm, "prompt", prompt)
     n = ids.numel()
 
     def positions(name, values):
