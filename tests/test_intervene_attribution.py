@@ -5,13 +5,14 @@ AtP equals the first-order term (clean − corrupted) · ∂metric/∂node compu
 and the QK fix is exact for queries and keys; GradDrop with nothing dropped is AtP, and dropping a
 layer leaves the layers above it alone and silences its own nodes; a pair alone and in a batch agree.
 """
+import json
 import random
 
 import pytest
 import torch
 from torch import nn
 
-from fusedlens.core.attention_tap import AttentionTap
+from fusedlens import cli
 from fusedlens.core.models import LensModel, get_module
 from fusedlens.core.structure import block_parts, n_heads, n_kv_heads
 from fusedlens.intervene import Edit, Intervention
@@ -221,17 +222,9 @@ def test_batch_invariance_and_averages():
         torch.testing.assert_close(batched.signed[k], mean, rtol=1e-9, atol=1e-12)
         drops = sum(x.dropped[k] for x in alone) / 3
         torch.testing.assert_close(batched.dropped[k], drops, rtol=1e-9, atol=1e-12)
-
-
-def test_attention_tap_reads_what_the_model_attends_with():
-    for arch in ARCHS:
-        lm = tiny_lm(arch)
-        with torch.no_grad(), AttentionTap(lm) as tap:
-            lm.model(input_ids=ids_of("abcdefgh"), use_cache=False)
-        from fusedlens.core.attention_tap import additive_mask, scores
-        for layer, call in tap.calls.items():
-            a = torch.softmax(scores(call) + additive_mask(call), -1)
-            torch.testing.assert_close(a, call.weights.double(), rtol=0, atol=1e-6, msg=f"{arch} {layer}")
+    summed = attribution_patch(lm, [c for c, _ in pairs], [r for _, r in pairs], answers, counters, kinds=("head",),
+                               reduce="sum")
+    torch.testing.assert_close(summed.signed["head"], sum(x.signed["head"] for x in alone), rtol=1e-9, atol=1e-12)
 
 
 def test_bad_input():
@@ -250,3 +243,30 @@ def test_bad_input():
         attribution_patch(lm, ["abc"] * 3, ["abd"] * 2, "a")
     with pytest.raises(ValueError, match="counterfactual: the same token as the answer"):
         attribution_patch(lm, "abc", "abd", "a", "a")
+    with pytest.raises(ValueError, match="reduce: expected 'mean' or 'sum'"):
+        attribution_patch(lm, "abc", "abd", "a", reduce="max")
+    with pytest.raises(ValueError, match="verify: expected a non-negative integer"):
+        attribution_patch(lm, "abc", "abd", "a", verify=-2)
+
+
+def test_the_real_model_and_the_cli(real_lm, tmp_path, monkeypatch):
+    """SmolLM2 on the Eiffel pair: AtP's resid grid follows the exact one; the CLI writes both, the
+    comparison and a verification."""
+    clean, bad = "The Eiffel Tower is in the city of", "The Colosseum is in the city of"
+    monkeypatch.setattr("fusedlens.core.models.load_model", lambda *a, **k: real_lm)
+    assert cli.main(["patch", "--clean", clean, "--corrupted", bad, "--answer", " Paris", "--counterfactual", " Rome",
+                     "--kinds", "resid,attn,k", "--method", "exact,atp,atp*", "--verify", "3", "--batch-size", "96",
+                     "--out", str(tmp_path), "--no-progress"]) == 0
+    exact = json.loads((tmp_path / "patch.json").read_text())
+    atp = json.loads((tmp_path / "attribution_atp.json").read_text())
+    star = json.loads((tmp_path / "attribution_atp_star.json").read_text())
+    assert atp["clean"] == pytest.approx(exact["clean"], abs=1e-4)
+    assert atp["corrupted"] == pytest.approx(exact["corrupted"], abs=1e-4)
+    # the last position's final residual is the logits' only input there: AtP is nearly exact
+    assert atp["estimate"]["resid"][-1][-1] == pytest.approx(exact["values"]["resid"][-1][-1] - exact["corrupted"],
+                                                             rel=0.2)
+    assert len(star["estimate"]["k"]) == real_lm.n_layers and star["verification"]["k"]["top"]
+    versus = json.loads((tmp_path / "attribution_vs_exact.json").read_text())
+    assert set(versus["methods"]) == {"atp", "atp*"} and set(versus["methods"]["atp"]) == {"resid", "attn"}
+    assert versus["methods"]["atp*"]["attn"]["spearman"] > 0.5
+    assert (tmp_path / "attribution_vs_exact.png").stat().st_size > 10_000

@@ -10,7 +10,8 @@ from ..core.checks import check_output_dir
 from ..core.files import write_json
 from ..core.fields import option
 from ..core.model_files import DEFAULT_MODEL, MODELS
-from ..core.models import LensModel, ModelOptions, load_model
+from ..core import models  # load_model looked up when called, so a test can replace it
+from ..core.models import LensModel, ModelOptions
 from ..data.windows import corpus_ids
 from ..lens.logit_lens import LogitLens
 from .options import add_arguments, from_args, out_default
@@ -33,7 +34,7 @@ def run_demo(n_tokens: int = 2048, seq_len: int = 512, out_dir: str = out_defaul
         raise ValueError(f"n_tokens, seq_len: need at least 2 tokens, got {n_tokens}, {seq_len}")
     check_output_dir("out", out_dir, "demo")
     t0 = time.perf_counter()
-    lm = lm or load_model(model, gguf_file=gguf_file)
+    lm = lm or models.load_model(model, gguf_file=gguf_file)
     name = MODELS[model or DEFAULT_MODEL].title if (model or DEFAULT_MODEL) in MODELS else lm.describe()["model"]
     lm.check_window(min(seq_len, n_tokens))
     say(f"model: {lm.describe()['model']} ({lm.n_layers} layers, d_model {lm.d_model}, vocab {lm.vocab_size}) "

@@ -9,7 +9,8 @@ from ..core.fields import option
 from ..core.models import ModelOptions
 from .options import add_arguments, from_args, out_default, parse_positions
 
-HELP = "activation patching: restore a clean run's state into a corrupted run at every layer and position"
+HELP = ("activation patching: restore a clean run's state into a corrupted run at every layer and position, "
+        "exactly or estimated from gradients (AtP, AtP*)")
 
 
 @dataclass(kw_only=True)
@@ -20,7 +21,13 @@ class PatchConfig(ModelOptions):
     counterfactual: str | None = option(None, "one token: metric = logit(answer) - logit(counterfactual)")
     metric: str | None = option(None, "logit_diff (needs --counterfactual; its default) or prob",
                                 choices=("logit_diff", "prob"))
-    kinds: str = option("resid,attn,mlp", "grids: resid (with the embedding), mid, attn, mlp, head")
+    kinds: str = option("resid,attn,mlp", "grids: resid (with the embedding), mid, attn, mlp, head; atp and "
+                                          "atp* also neuron, q, k, v (not mid)")
+    method: str = option("exact", "exact (the patched grid), atp (attribution patching: gradients) or atp* (with "
+                                  "the QK fix and GradDrop); several, comma-separated, are compared node by node")
+    verify: int = option(0, "atp, atp*: patch the top K nodes of each kind by |estimate| exactly, and K more "
+                            "sampled from the rest, and bound the misses")
+    top: int = option(20, "with exact and atp/atp*: how many of the true top nodes by |effect| to check")
     knockout_keys: str | None = option(None, "attention knockout instead of patching: cut the edges from "
                                              "--knockout-queries to these positions of --clean (e.g. 1-4 or 1,3)")
     knockout_queries: str = option("-1", "query positions of the knockout (default the last)")
@@ -31,7 +38,15 @@ class PatchConfig(ModelOptions):
 
 
 def main(args) -> int:
-    from ..intervene.patching import patch
+    import os
+    import time
+
+    from ..core.files import write_json
+    from ..intervene.attribution import KINDS as ATP_KINDS, attribution_patch
+    from ..intervene.patching import KINDS as EXACT_KINDS, patch
+    from ..intervene.verify import compare_with_exact
+    from ..report.attribution import (format_attribution_table, format_comparison, plot_against_exact,
+                                      write_attribution_outputs)
     from ..report.patch import format_patch_table, write_patch_outputs
 
     cfg = from_args(PatchConfig, args)
@@ -40,15 +55,44 @@ def main(args) -> int:
         return _knockout(cfg)
     check_output_dir("out", cfg.out, "patch")
     lm = cfg.load()
-    result = patch(lm, cfg.clean, cfg.corrupted, cfg.answer, cfg.counterfactual, metric=cfg.metric,
-                   kinds=_kinds(cfg), batch_size=cfg.batch_size, progress=cfg.progress)
-    print(format_patch_table(result))
-    print("wrote " + ", ".join(write_patch_outputs(result, cfg.out)))
+    methods, kinds = _methods(cfg), _kinds(cfg)
+    exact, estimates, wrote = None, [], []
+    if "exact" in methods:
+        t0 = time.perf_counter()
+        exact = patch(lm, cfg.clean, cfg.corrupted, cfg.answer, cfg.counterfactual, metric=cfg.metric,
+                      kinds=[k for k in kinds if k in EXACT_KINDS], batch_size=cfg.batch_size, progress=cfg.progress)
+        exact.meta["seconds"] = time.perf_counter() - t0
+        print(format_patch_table(exact))
+        wrote += write_patch_outputs(exact, cfg.out)
+    for method in (m for m in methods if m != "exact"):
+        t1 = time.perf_counter()
+        est = attribution_patch(lm, cfg.clean, cfg.corrupted, cfg.answer, cfg.counterfactual, metric=cfg.metric,
+                                kinds=[k for k in kinds if k in ATP_KINDS], method=method, verify=cfg.verify,
+                                batch_size=cfg.batch_size, progress=cfg.progress)
+        est.meta["seconds"] = time.perf_counter() - t1
+        print(format_attribution_table(est))
+        wrote += write_attribution_outputs(est, cfg.out)
+        estimates.append(est)
+    if exact is not None and estimates:
+        effects = {k: v - exact.corrupted for k, v in exact.values.items()}
+        report = {e.method: compare_with_exact(effects, e, top=cfg.top) for e in estimates}
+        for e in estimates:
+            print(format_comparison(report[e.method], e.method, exact.tokens, exact.positions))
+        path = os.path.join(cfg.out, "attribution_vs_exact.json")
+        write_json({"top": cfg.top, "seconds": {"exact": exact.meta["seconds"],
+                                                **{e.method: e.meta["seconds"] for e in estimates}},
+                    "methods": report}, path)
+        wrote += [path, plot_against_exact(effects, estimates, os.path.join(cfg.out, "attribution_vs_exact.png"))]
+    print("wrote " + ", ".join(wrote))
     return 0
 
 
 def _kinds(cfg: PatchConfig) -> list[str]:
     return [k.strip() for k in cfg.kinds.split(",") if k.strip()]
+
+
+def _methods(cfg: PatchConfig) -> list[str]:
+    return list(dict.fromkeys(m.strip() for m in cfg.method.split(",") if m.strip()))
 
 
 def _check(cfg: PatchConfig) -> None:
@@ -75,9 +119,22 @@ def _check(cfg: PatchConfig) -> None:
         return
     if cfg.clean == cfg.corrupted:
         raise ValueError("corrupted: the same prompt as --clean; patching needs two runs that differ")
+    from ..intervene.attribution import KINDS as ATP_KINDS, METHODS
+
+    methods = _methods(cfg)
+    if not methods or any(m not in ("exact",) + METHODS for m in methods):
+        raise ValueError(f"method: expected some of exact, {', '.join(METHODS)}, got {cfg.method!r}")
+    allowed = (set(KINDS) if "exact" in methods else set()) | (set(ATP_KINDS) if set(methods) - {"exact"} else set())
     kinds = _kinds(cfg)
-    if not kinds or any(k not in KINDS for k in kinds):
-        raise ValueError(f"kinds: expected some of {', '.join(KINDS)}, got {cfg.kinds!r}")
+    if not kinds or any(k not in allowed for k in kinds):
+        raise ValueError(f"kinds: expected some of {', '.join(sorted(allowed))} for --method {cfg.method}, "
+                         f"got {cfg.kinds!r}")
+    for m in methods:
+        ok = KINDS if m == "exact" else ATP_KINDS
+        if not any(k in ok for k in kinds):
+            raise ValueError(f"kinds: none of {cfg.kinds!r} is a kind --method {m} computes ({', '.join(ok)})")
+    if cfg.verify < 0 or cfg.top < 1:
+        raise ValueError(f"verify: expected >= 0 and top >= 1, got {cfg.verify} and {cfg.top}")
 
 
 def _knockout(cfg: PatchConfig) -> int:

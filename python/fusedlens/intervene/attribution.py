@@ -28,10 +28,11 @@ from tqdm.auto import tqdm
 
 from ..core.attention_tap import AttentionTap
 from ..core.models import LensModel
-from ..core.structure import block_parts, first_tensor, n_heads, n_kv_heads, with_first
+from ..core.structure import block_parts, first_tensor, n_heads, with_first
 from ..data.prompts import one_token
 from .patching import METRICS, prompt_ids
 from .qk_fix import key_fix, query_fix
+from .verify import verify as check_estimate
 
 KINDS = ("resid", "attn", "mlp", "head", "neuron", "q", "k", "v")
 METHODS = ("atp", "atp*")
@@ -159,6 +160,7 @@ class AttributionResult:
     signed: dict
     dropped: dict | None = None
     meta: dict = field(default_factory=dict)
+    verification: dict | None = None  # per kind, from verify=k (intervene.verify)
 
     @property
     def magnitude_only(self) -> bool:
@@ -174,7 +176,7 @@ class AttributionResult:
                 "positions": self.positions, "tokens": self.tokens, "clean_tokens": self.clean_tokens,
                 "metric": self.metric, "clean": self.clean, "corrupted": self.corrupted,
                 "estimate": {k: v.tolist() for k, v in self.estimate.items()},
-                "signed": {k: v.tolist() for k, v in self.signed.items()}}
+                "signed": {k: v.tolist() for k, v in self.signed.items()}, "verification": self.verification}
 
 
 def _node_estimates(kind: str, layer: int, clean: _Nodes, bad: _Nodes, grads: dict, qk: bool,
@@ -205,7 +207,8 @@ def _as_list(name: str, value, n: int | None) -> list:
 def attribution_patch(lm: LensModel, clean, corrupted, answer, counterfactual=None, *,
                       kinds=("resid", "attn", "mlp", "head"), method: str = "atp", metric: str | None = None,
                       qk_fix: bool | None = None, graddrop: bool | None = None, batch_size: int = 8,
-                      progress: bool = False) -> AttributionResult:
+                      reduce: str = "mean", verify: int = 0, verify_sample: int | None = None,
+                      threshold: float | None = None, seed: int = 0, progress: bool = False) -> AttributionResult:
     """Estimate the effect of patching every node of `kinds` from the clean run into the corrupted one.
 
     clean, corrupted: a text (or token ids), or lists of them (pairs, all of one length); answer /
@@ -214,6 +217,11 @@ def attribution_patch(lm: LensModel, clean, corrupted, answer, counterfactual=No
     kinds: from KINDS ("head": each head's slice of the output projection's input; "neuron": each
     input of the MLP's down projection; "q", "k", "v": per query or key/value head, after any rotary
     embedding).
+
+    reduce: "mean" (default) or "sum" of the estimates (and of the two metrics) over the pairs.
+    verify=k patches the top k nodes of each kind by |estimate| exactly, and `verify_sample` (default
+    k) nodes drawn from the rest (seeded), and bounds the fraction of unverified nodes with |effect| ≥
+    threshold (default 5 % of |clean − corrupted|): `result.verification` (intervene.verify).
     """
     if not isinstance(lm, LensModel):
         raise ValueError(f"lm: expected a LensModel, got {type(lm).__name__}")
@@ -231,6 +239,13 @@ def attribution_patch(lm: LensModel, clean, corrupted, answer, counterfactual=No
         raise ValueError("metric: logit_diff needs a counterfactual token")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce: expected 'mean' or 'sum', got {reduce!r}")
+    for name, v in (("verify", verify), ("verify_sample", 0 if verify_sample is None else verify_sample)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name}: expected a non-negative integer, got {v!r}")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and threshold > 0):
+        raise ValueError(f"threshold: expected a positive number, got {threshold!r}")
     cleans = _as_list("clean", clean, None)
     bads = _as_list("corrupted", corrupted, len(cleans))
     if len(bads) != len(cleans):
@@ -252,7 +267,6 @@ def attribution_patch(lm: LensModel, clean, corrupted, answer, counterfactual=No
         raise ValueError(f"clean: {t} tokens, more than the model's context of {lm.context_length}")
 
     heads = n_heads(lm)
-    kv = n_kv_heads(lm, heads)
     wanted = set(kinds) | ({"z"} if "head" in kinds or (qk and {"q", "k"} & set(kinds)) else set())
     wanted.discard("head")
     settings = [None] + (list(range(lm.n_layers)) if drop else [])
@@ -293,7 +307,8 @@ def attribution_patch(lm: LensModel, clean, corrupted, answer, counterfactual=No
         m_bad += float(mr.detach().sum())
         bar.update(len(rows))
     bar.close()
-    means = [{k: v.cpu() / n for k, v in s.items()} for s in sums]
+    div = n if reduce == "mean" else 1
+    means = [{k: v.cpu() / div for k, v in s.items()} for s in sums]
     signed = means[0]
     if drop:
         dropped = {k: torch.stack([m[k] for m in means[1:]]) for k in kinds}
@@ -302,8 +317,15 @@ def attribution_patch(lm: LensModel, clean, corrupted, answer, counterfactual=No
         dropped, estimate = None, signed
     tok = lm.tokenizer
     text = (lambda ids: [tok.decode([int(i)]) for i in ids]) if tok is not None else (lambda ids: [str(int(i)) for i in ids])
-    return AttributionResult(kinds, method, list(range(t)), text(bad_ids[0]), text(clean_ids[0]), metric,
-                             m_clean / n, m_bad / n, estimate, signed, dropped,
-                             meta={"pairs": n, "qk_fix": qk, "graddrop": drop, "backwards": len(settings),
-                                   "answer": answers[0] if n == 1 else answers,
-                                   "counterfactual": (counters[0] if n == 1 else counters) if counters else None})
+    result = AttributionResult(kinds, method, list(range(t)), text(bad_ids[0]), text(clean_ids[0]), metric,
+                               m_clean / div, m_bad / div, estimate, signed, dropped,
+                               meta={"pairs": n, "reduce": reduce, "qk_fix": qk, "graddrop": drop, "backwards": len(settings),
+                                     "answer": answers[0] if n == 1 else answers,
+                                     "counterfactual": (counters[0] if n == 1 else counters) if counters else None})
+    if verify:
+        pairs = [(clean_ids[i], bad_ids[i], answers[i], None if counters is None else counters[i]) for i in range(n)]
+        limit = threshold if threshold is not None else 0.05 * abs(result.clean - result.corrupted)
+        result.verification = check_estimate(lm, estimate, pairs, metric, top=verify,
+                                             sample=verify if verify_sample is None else verify_sample,
+                                             threshold=limit, seed=seed)
+    return result

@@ -26,7 +26,8 @@ from ..core.checkpoint import StateFile
 from ..core.checks import check_output_dir
 from ..core.fields import option
 from ..core.files import write_json
-from ..core.models import ModelOptions, load_model
+from ..core import models  # load_model looked up when called, so a test can replace it
+from ..core.models import ModelOptions
 from ..data.corpus import CorpusProgress, corpus_fingerprint, iter_sequences
 from ..data.windows import batched, pad_right
 from .analyses import ANALYSES
@@ -122,7 +123,7 @@ def run_corpus(cfg: RunConfig, lm=None) -> dict:
     ckpt = StateFile(os.path.join(cfg.out, "checkpoint", f"rank{rank}.pt"), fingerprint)
     state = ckpt.load() or {}  # a checkpoint of another run, or a damaged or crafted one, fails before the load
     t_start = time.perf_counter()
-    lm = lm or load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=getattr(torch, cfg.dtype))
+    lm = lm or models.load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=getattr(torch, cfg.dtype))
     lm.check_seq_len(cfg.seq_len)
     capture = ResidualCapture(lm, layers=parse_layers(cfg.layers, lm.n_layers) if cfg.layers != "all" else None,
                               embed=cfg.embed, mid=cfg.mid)
