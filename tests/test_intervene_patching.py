@@ -21,7 +21,7 @@ def test_grid_cells_equal_single_patches(arch):
     lm = LensModel.from_hf(tiny_model(arch), tiny_tokenizer())
     clean, bad = "abcdefg", "abXdefg"
     kinds = ("resid", "attn", "mlp", "head")
-    r = patch(lm, clean, bad, "a", "b", kinds=kinds, batch_size=7)
+    r = patch(lm, clean, bad, "a", "b", kinds=kinds, batch_size=7, reuse=False)
     ids = torch.tensor(lm.tokenizer(bad)["input_ids"])[None]
     states = clean_states(lm, torch.tensor(lm.tokenizer(clean)["input_ids"]), kinds)
     a, b = (lm.tokenizer.convert_tokens_to_ids(t) for t in "ab")

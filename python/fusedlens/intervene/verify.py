@@ -1,7 +1,8 @@
 """Exact patches of chosen nodes, and the check of an attribution estimate against them.
 
 `exact_effects` patches each (site, position) of the clean runs into the corrupted ones alone, one
-batch row per node, and returns the metric change averaged over the pairs. `verify` spends that on
+batch row per node, rerunning only what the patch can reach (intervene.suffix), and returns the
+metric change averaged over the pairs. `verify` spends that on
 the top-k nodes of each kind by |estimate| and on a uniform sample of the rest, and bounds what the
 estimate may have missed, as Kramár et al. 2024 ask of AtP*: from the sample, a one-sided 95 %
 Clopper–Pearson upper bound on the fraction of unverified nodes whose true |effect| reaches the
@@ -16,6 +17,8 @@ import torch
 
 from ..core.models import LensModel
 from .hooks import Edit, Intervention
+from .patching import metric_of
+from .suffix import SuffixRuns
 
 
 def site_name(kind: str, index: tuple) -> str:
@@ -27,13 +30,10 @@ def site_name(kind: str, index: tuple) -> str:
     return f"{kind}.{index[0]}.{index[1]}"
 
 
-def _last_metric(lm: LensModel, ids: torch.Tensor, metric: str, answer: int, counter: int | None,
-                 edits=()) -> torch.Tensor:
-    with torch.no_grad(), Intervention(lm, list(edits)):
-        z = lm.model(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=1).logits[:, -1].double()
-    if metric == "prob":
-        return torch.softmax(z, -1)[:, answer].cpu()
-    return (z[:, answer] - z[:, counter]).cpu()
+def _last_metric(lm: LensModel, ids: torch.Tensor, metric: str, answer: int, counter: int | None) -> torch.Tensor:
+    with torch.no_grad():
+        logits = lm.model(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=1).logits[:, -1]
+    return metric_of(logits, metric, answer, counter).cpu()
 
 
 def exact_effects(lm: LensModel, pairs, nodes: list[tuple[str, int]], metric: str,
@@ -54,11 +54,9 @@ def exact_effects(lm: LensModel, pairs, nodes: list[tuple[str, int]], metric: st
         with torch.no_grad(), Intervention(lm, [Edit(s, "apply", record(s)) for s in sites]):
             lm.model(input_ids=clean[None].to(lm.device), use_cache=False, logits_to_keep=1)
         base = float(_last_metric(lm, bad[None], metric, a, b))
-        for first in range(0, len(nodes), batch_size):
-            group = nodes[first:first + batch_size]
-            edits = [Edit(s, "replace", seen[s][0, p], rows=[j], positions=[p]) for j, (s, p) in enumerate(group)]
-            got = _last_metric(lm, bad[None].expand(len(group), -1), metric, a, b, edits)
-            total[first:first + len(group)] += got - base
+        got = SuffixRuns(lm, bad).metrics([(s, seen[s][0, p], p) for s, p in nodes],
+                                          lambda z: metric_of(z, metric, a, b).cpu(), batch_size)
+        total += got - base
     return total / len(pairs)
 
 
