@@ -21,6 +21,7 @@ then its magnitude) without keeping per-pair activations.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +31,7 @@ from ..core.attention_tap import AttentionTap
 from ..core.models import LensModel
 from ..core.structure import block_parts, first_tensor, n_heads, with_first
 from ..data.prompts import one_token
-from .patching import METRICS, prompt_ids
+from .patching import METRICS, metric_of, prompt_ids
 from .qk_fix import key_fix, query_fix
 from .verify import verify as check_estimate
 
@@ -116,29 +117,16 @@ class _Nodes:
             if self.gates is not None:  # after the node hooks: a dropped layer's own nodes get no gradient
                 add(p.added("attn").register_forward_hook(self._gate_hook(i)))
                 add(p.added("mlp").register_forward_hook(self._gate_hook(i)))
-        tap = AttentionTap(self.lm, self._qkv, keep=True) if self.kinds & {"q", "k", "v"} else None
+        tap = AttentionTap(self.lm, self._qkv) if self.kinds & {"q", "k", "v"} else None
         try:
-            if tap is not None:
-                tap.__enter__()
-            out = self.lm.model(input_ids=ids.to(self.lm.device), use_cache=False, logits_to_keep=1).logits[:, -1]
+            with tap or nullcontext():
+                out = self.lm.model(input_ids=ids.to(self.lm.device), use_cache=False, logits_to_keep=1).logits[:, -1]
             self.calls = tap.calls if tap is not None else {}
             return out
         finally:
-            if tap is not None:
-                tap.__exit__(None, None, None)
             for h in self._handles:
                 h.remove()
             self._handles.clear()
-
-
-def metric_rows(logits: torch.Tensor, metric: str, answers: torch.Tensor, counters: torch.Tensor | None) -> torch.Tensor:
-    """Per-row metric of last-position logits [B, vocab] (float64): answer − counterfactual logit, or the
-    answer's probability."""
-    z = logits.double()
-    rows = torch.arange(z.shape[0], device=z.device)
-    if metric == "prob":
-        return torch.softmax(z, -1)[rows, answers.to(z.device)]
-    return z[rows, answers.to(z.device)] - z[rows, counters.to(z.device)]
 
 
 @dataclass
@@ -280,10 +268,10 @@ def attribution_patch(lm: LensModel, clean, corrupted, answer, counterfactual=No
         b = None if counters is None else torch.tensor([counters[i] for i in rows])
         c_nodes = _Nodes(lm, wanted, offsets=False)
         with torch.no_grad():
-            mc = metric_rows(c_nodes.run(torch.stack([clean_ids[i] for i in rows])), metric, a, b)
+            mc = metric_of(c_nodes.run(torch.stack([clean_ids[i] for i in rows])), metric, a, b)
         r_nodes = _Nodes(lm, wanted, offsets=True, gates=gates)
         with torch.enable_grad():
-            mr = metric_rows(r_nodes.run(torch.stack([bad_ids[i] for i in rows])), metric, a, b)
+            mr = metric_of(r_nodes.run(torch.stack([bad_ids[i] for i in rows])), metric, a, b)
             keys = list(r_nodes.offsets)
             per_setting = []
             for s, setting in enumerate(settings):

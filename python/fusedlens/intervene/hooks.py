@@ -106,6 +106,8 @@ class Intervention:
                 mid_norm_name(lm.layers[layer])  # parallel-residual or post-LN blocks have no mid residual
             self.by_site.setdefault(e.site, []).append(e)
         self._handles: list = []
+        self._qkv_sites: list = []  # (site, kind, layer, head) of q/k/v edits, written through an AttentionTap
+        self._tap = None
         self._block_input: dict[int, torch.Tensor] = {}
         self._eager = None
         self.knockouts = {s: [e for e in es if e.op == "knockout"] for s, es in self.by_site.items()}
@@ -233,7 +235,7 @@ class Intervention:
         self._handles.append(handle)
 
     def __exit__(self, *exc):
-        if getattr(self, "_tap", None) is not None:
+        if self._tap is not None:
             self._tap.__exit__(*exc)
             self._tap = None
         for h in self._handles:

@@ -64,12 +64,15 @@ def prompt_ids(lm: LensModel, name: str, prompt) -> torch.Tensor:
     return ids
 
 
-def metric_of(logits: torch.Tensor, metric: str, answer: int, counter: int | None) -> torch.Tensor:
-    """The metric of last-position logits [rows, vocab], in float64."""
+def metric_of(logits: torch.Tensor, metric: str, answer, counter) -> torch.Tensor:
+    """The metric of last-position logits [rows, vocab], in float64: answer / counter are one token id,
+    or one per row (a tensor [rows])."""
     z = logits.double()
+    rows = torch.arange(z.shape[0], device=z.device)
+    pick = (lambda t: t.to(z.device)) if isinstance(answer, torch.Tensor) else (lambda t: t)
     if metric == "prob":
-        return torch.softmax(z, -1)[:, answer]
-    return z[:, answer] - z[:, counter]
+        return torch.softmax(z, -1)[rows, pick(answer)]
+    return z[rows, pick(answer)] - z[rows, pick(counter)]
 
 
 def clean_states(lm: LensModel, ids: torch.Tensor, kinds) -> dict[str, torch.Tensor]:

@@ -35,8 +35,9 @@ def key_fix(call: AttentionCall, k_clean: torch.Tensor, grad_z: torch.Tensor) ->
     """[B, KV, T]: Σ over the group's heads and the queries t of g_t · Δz_t with the clean key [B, KV,
     T, dh] at (kv head, s). grad_z: [B, T, H·dh]."""
     v, g = _heads(call, grad_z)
-    logit = scores(call) + additive_mask(call)
-    delta = scores(call, k=k_clean) - scores(call)
+    s = scores(call)
+    logit = s + additive_mask(call)
+    delta = scores(call, k=k_clean) - s
     log_a = torch.log_softmax(logit, -1)
     a = log_a.exp()
     log_rest = torch.log1p(-a.clamp(max=1.0))
