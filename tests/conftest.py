@@ -76,3 +76,13 @@ def corpus_file(tmp_path_factory, text):
     path = tmp_path_factory.mktemp("corpus") / "pydoc.txt"
     path.write_text(text)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session's report tests, with the network off (tests/browser.py)."""
+    from browser import start_browser
+
+    driver = start_browser()
+    yield driver
+    driver.quit()

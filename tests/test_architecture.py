@@ -344,3 +344,20 @@ def test_every_command_stamps_its_output_folder():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "check_output_dir":
                 assert len(node.args) == 3, f"{path.name}: check_output_dir without the command's name"
+
+
+def test_every_result_class_is_viewable():
+    """Every result a user gets back (the classes named ...Result, and the steering generation) has save_html and
+    a notebook display through report.page.Viewable."""
+    import importlib
+
+    from fusedlens.report.page import Viewable
+
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and (node.name.endswith("Result") or node.name == "SteerGeneration"):
+                module = ".".join(("fusedlens",) + path.relative_to(PACKAGE).with_suffix("").parts)
+                found.append(getattr(importlib.import_module(module), node.name))
+    assert len(found) >= 12
+    assert [c.__name__ for c in found if not issubclass(c, Viewable)] == []

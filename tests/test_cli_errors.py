@@ -159,6 +159,9 @@ ROWS = [
     ("concepts --concepts no_such_concept --out {o}", 2, "no_such_concept", B),
     ("concepts --concepts {t}/bad.json --out {o}", 2, "JSON", B),
     ("concepts --name a/b --out {o}", 2, "name", B),
+    # --- view
+    ("view {t}/missing", 2, "missing not found; give the --out folder", B),
+    ("view {t}/folder", 2, "has no report.html; the commands write one into their --out folder", B),
 ]
 
 

@@ -1,8 +1,8 @@
 """Smoke test of an installed fusedlens wheel, run from outside the source tree (make test-wheel).
 
 Checks that the package imports from where the wheel put it, that the C++ kernels load and
-dispatch to the CPU's ISA level, and that the fused lens matches the float64 reference on
-fresh random inputs at every ISA level this CPU supports.
+dispatch to the CPU's ISA level, that the fused lens matches the float64 reference on
+fresh random inputs at every ISA level this CPU supports, and that reports find their script.
 """
 import os
 import pathlib
@@ -40,4 +40,11 @@ _C.reset_isa()
 cli = pathlib.Path(sys.prefix) / "bin" / "fusedlens"
 out = subprocess.run([str(cli), "--help"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
 assert out.returncode == 0 and "run" in out.stdout, out.stderr
-print(f"wheel: {checks + 1} passed, 0 failed")  # every ISA level and the entry point (a failure raises)
+
+# the reports' script and styles are package data: a page written from the wheel carries them inline
+from fusedlens.report.page import ASSETS, page_html  # noqa: E402
+
+page = page_html("smoke", [{"type": "text", "text": "x"}])
+assert str(ASSETS).startswith(sys.prefix) and "document.getElementById(\"fl-data\")" in page, ASSETS
+print("  report.html: script and styles from the wheel")
+print(f"wheel: {checks + 2} passed, 0 failed")  # every ISA level, the entry point and a report (a failure raises)

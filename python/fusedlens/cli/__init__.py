@@ -7,7 +7,7 @@ import importlib
 import sys
 
 COMMANDS = ("demo", "info", "run", "probe", "refine", "tuned", "dla", "patch", "patchscope", "directions", "steer",
-            "concepts")
+            "concepts", "view")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,10 @@ class ConceptsConfig(ModelOptions):
 
 def main(args) -> int:
     from ..concepts import BUILTIN, concept_geometry
+    import os
+
     from ..report.concepts import format_concepts_table, write_concepts_outputs
+    from ..report.page import REPORT
 
     cfg = from_args(ConceptsConfig, args)
     if cfg.list_builtin:
@@ -42,7 +45,9 @@ def main(args) -> int:
     lm = cfg.load()
     result = concept_geometry(lm, lists, form=cfg.form, progress=cfg.progress)
     print(format_concepts_table(result))
-    print("wrote " + ", ".join(write_concepts_outputs(result, cfg.out, cfg.name)))
+    written = write_concepts_outputs(result, cfg.out, cfg.name)
+    written.append(result.save_html(os.path.join(cfg.out, REPORT)))
+    print("wrote " + ", ".join(written) + " (open report.html in a browser: click a cell for its pairs)")
     return 0
 
 

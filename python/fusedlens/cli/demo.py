@@ -54,13 +54,20 @@ def run_demo(n_tokens: int = 2048, seq_len: int = 512, out_dir: str = out_defaul
     report.plot_lens_grid(result, lm.tokenizer, os.path.join(out_dir, "demo_lens_grid.png"), seq=0,
                           max_positions=grid_positions,
                           title=f"logit lens of the first {grid_positions} tokens of the pydoc text (bold = true next token)")
-    say(f"wrote {out_dir}/demo.json, {out_dir}/demo_logit_lens.png and {out_dir}/demo_lens_grid.png")
+    result.lens = f"logit lens, {name}"
+    report.write_page(os.path.join(out_dir, report.REPORT), f"fusedlens demo: the logit lens of {name}",
+                      [dict(report.lens_view({result.lens: result}, vocab := report.Vocab(lm.tokenizer)),
+                            title="tokens × sites (hover a cell, click a token)"),
+                       report.layer_curves_view(rows, f"per site, over all {result.n_tokens} tokens")],
+                      vocab, {"model": lm.describe()["model"], "tokens": result.n_tokens})
+    say(f"wrote {out_dir}/demo.json, {out_dir}/demo_logit_lens.png, {out_dir}/demo_lens_grid.png and {out_dir}/{report.REPORT}")
     return rows
 
 
 def main(args) -> int:
     cfg = from_args(DemoConfig, args)
-    run_demo(n_tokens=cfg.tokens, seq_len=cfg.seq_len, out_dir=cfg.out, model=cfg.model, gguf_file=cfg.gguf_file)
+    run_demo(n_tokens=cfg.tokens, seq_len=cfg.seq_len, out_dir=cfg.out, model=cfg.model, gguf_file=cfg.gguf_file,
+             k=report.lens.TOPK_SHOWN)
     return 0
 
 

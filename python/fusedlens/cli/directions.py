@@ -44,6 +44,7 @@ def main(args) -> int:
     from ..core.capture import parse_layers
     from ..directions import directions
     from ..report.directions import format_directions_table, plot_directions, plot_scan
+    from ..report.page import REPORT
 
     from ..directions.inputs import read_pairs, split
     from ..directions.solve import check_ridge
@@ -77,7 +78,9 @@ def main(args) -> int:
         png = os.path.join(cfg.out, "directions_scan.png")
         plot_scan(scan, lm.tokenizer, png)
         written.append(png)
-    print("wrote " + ", ".join(written))
+    result.tokenizer = lm.tokenizer
+    written.append(result.save_html(os.path.join(cfg.out, REPORT)))  # the scan, if any, rides along
+    print("wrote " + ", ".join(written) + " (open report.html in a browser)")
     return 0
 
 

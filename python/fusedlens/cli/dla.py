@@ -61,8 +61,11 @@ def _read_prompts(cfg: DLAConfig):
 
 
 def main(args) -> int:
+    import os
+
     from ..dla import direct_logit_attribution, parse_components
     from ..report.dla import format_dla_table, write_dla_outputs
+    from ..report.page import REPORT, Vocab, write_page
 
     cfg = from_args(DLAConfig, args)
     for name in ("k", "top"):
@@ -79,7 +82,10 @@ def main(args) -> int:
     kind = "diff" if counter is not None else "answer" if answer is not None else "top1"
     print(format_dla_table(result, kind, cfg.top, lm.tokenizer))
     paths = write_dla_outputs(result, cfg.out, kind, lm.tokenizer, cfg.top)
-    print("wrote " + ", ".join(paths))
+    vocab = Vocab(lm.tokenizer)
+    paths.append(write_page(os.path.join(cfg.out, REPORT), result.html_title, result.views(vocab, kind), vocab,
+                            {"model": cfg.model or "smollm2-135m", "prompts": len(prompts), "kind": kind}))
+    print("wrote " + ", ".join(paths) + " (report.html: the interactive page; open it in a browser)")
     return 0
 
 

@@ -45,8 +45,9 @@ def main(args) -> int:
     from ..intervene.attribution import KINDS as ATP_KINDS, attribution_patch
     from ..intervene.patching import KINDS as EXACT_KINDS, patch
     from ..intervene.verify import compare_with_exact
-    from ..report.attribution import (format_attribution_table, format_comparison, plot_against_exact,
-                                      write_attribution_outputs)
+    from ..report.attribution import (format_attribution_table, format_comparison, patch_page_views,
+                                      plot_against_exact, write_attribution_outputs)
+    from ..report.page import REPORT, write_page
     from ..report.patch import format_patch_table, write_patch_outputs
 
     cfg = from_args(PatchConfig, args)
@@ -56,7 +57,7 @@ def main(args) -> int:
     check_output_dir("out", cfg.out, "patch")
     lm = cfg.load()
     methods, kinds = _methods(cfg), _kinds(cfg)
-    exact, estimates, wrote = None, [], []
+    exact, estimates, wrote, comparison = None, [], [], {}
     if "exact" in methods:
         t0 = time.perf_counter()
         exact = patch(lm, cfg.clean, cfg.corrupted, cfg.answer, cfg.counterfactual, metric=cfg.metric,
@@ -75,16 +76,24 @@ def main(args) -> int:
         estimates.append(est)
     if exact is not None and estimates:
         effects = {k: v - exact.corrupted for k, v in exact.values.items()}
-        report = {e.method: compare_with_exact(effects, e, top=cfg.top) for e in estimates}
+        comparison = {e.method: compare_with_exact(effects, e, top=cfg.top) for e in estimates}
         for e in estimates:
-            print(format_comparison(report[e.method], e.method, exact.tokens, exact.positions))
+            print(format_comparison(comparison[e.method], e.method, exact.tokens, exact.positions))
         path = os.path.join(cfg.out, "attribution_vs_exact.json")
         write_json({"top": cfg.top, "seconds": {"exact": exact.meta["seconds"],
                                                 **{e.method: e.meta["seconds"] for e in estimates}},
-                    "methods": report}, path)
+                    "methods": comparison}, path)
         wrote += [path, plot_against_exact(effects, estimates, os.path.join(cfg.out, "attribution_vs_exact.png"))]
-    print("wrote " + ", ".join(wrote))
+    wrote.append(write_page(os.path.join(cfg.out, REPORT), "fusedlens: patching", patch_page_views(
+        exact, estimates, comparison), meta=_meta(cfg)))
+    print("wrote " + ", ".join(wrote) + " (report.html: the interactive page; open it in a browser)")
     return 0
+
+
+def _meta(cfg: PatchConfig) -> dict:
+    """The run's question, for the page's header."""
+    keys = ("clean",) + (() if cfg.knockout_keys else ("corrupted",)) + ("answer", "counterfactual")
+    return {"model": cfg.model or "smollm2-135m", **{k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}}
 
 
 def _kinds(cfg: PatchConfig) -> list[str]:
@@ -141,6 +150,7 @@ def _knockout(cfg: PatchConfig) -> int:
     import os
 
     from ..intervene.patching import knockout
+    from ..report.page import REPORT, write_page
     from ..report.patch import plot_knockout
     from ..core.files import write_json
 
@@ -156,7 +166,8 @@ def _knockout(cfg: PatchConfig) -> int:
     os.makedirs(cfg.out, exist_ok=True)
     write_json(r.to_dict(), os.path.join(cfg.out, "knockout.json"))
     plot_knockout(r, os.path.join(cfg.out, "knockout.png"))
-    print(f"wrote {cfg.out}/knockout.json, knockout.png")
+    write_page(os.path.join(cfg.out, REPORT), r.html_title, r.views(None), meta=_meta(cfg))
+    print(f"wrote {cfg.out}/knockout.json, knockout.png, {REPORT} (the interactive page; open it in a browser)")
     return 0
 
 

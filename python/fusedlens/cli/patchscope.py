@@ -33,6 +33,7 @@ def main(args) -> int:
     from ..core.capture import parse_layers
     from ..intervene.patchscope import patchscope
     from ..core.files import write_json
+    from ..report.page import REPORT
 
     cfg = from_args(PatchscopeConfig, args)
     from ..intervene.patchscope import TARGETS
@@ -67,7 +68,8 @@ def main(args) -> int:
     write_json(r.to_dict(), os.path.join(cfg.out, "patchscope.json"))
     with open(os.path.join(cfg.out, "patchscope.txt"), "w") as f:
         f.write(table + "\n")
-    print(f"wrote {cfg.out}/patchscope.json, patchscope.txt")
+    r.save_html(os.path.join(cfg.out, REPORT))
+    print(f"wrote {cfg.out}/patchscope.json, patchscope.txt, {REPORT} (the interactive page; open it in a browser)")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""`fusedlens probe`: per-layer ridge probes of the final output over a corpus; held-out R² table, JSON, PNG."""
+"""`fusedlens probe`: per-layer ridge probes of the final output over a corpus; held-out R² table, JSON, PNG and
+the interactive report.html."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,10 +38,13 @@ class ProbeConfig(ModelOptions):
 
 
 def main(args) -> int:
+    import os
+
     from ..core.files import read_text
     from ..probe import fit_probes
     from ..probe.rows import check_lags, parse_position_ranges
     from ..probe.user_targets import parse_target_file
+    from ..report.page import REPORT
     from ..report.probe import format_number, format_probe_table, write_probe_outputs
 
     cfg = from_args(ProbeConfig, args)
@@ -80,7 +84,8 @@ def main(args) -> int:
     print(f"time: forward {t['forward_s']:.1f}s, targets {t['targets_s']:.1f}s, accumulate {t['accumulate_s']:.1f}s, "
           f"solve {t['solve_s']:.1f}s, total {t['total_s']:.1f}s")
     json_path, png_path = write_probe_outputs(result, cfg.out)
-    print(f"wrote {json_path} and {png_path}")
+    html = result.save_html(os.path.join(cfg.out, REPORT))
+    print(f"wrote {json_path}, {png_path} and {html} (open it in a browser: R² per site, each target's fit)")
     return 0
 
 

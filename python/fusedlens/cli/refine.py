@@ -36,10 +36,13 @@ class RefineConfig(ModelOptions):
 
 
 def main(args) -> int:
+    import os
+
     from ..core.files import read_jsonl, read_text
     from ..refine.classes import read_class_map
     from ..refine.frequency import TokenCounts, parse_buckets
     from ..refine.api import refine
+    from ..report.page import REPORT
     from ..report.refine import format_refine_table, write_refine_outputs
     from ..tuned.lens import read_config
 
@@ -64,7 +67,9 @@ def main(args) -> int:
                     backend=cfg.backend, progress=cfg.progress, check_unembed=not cfg.ignore_unembed_hash)
     print(format_refine_table(result))
     json_path, png_path = write_refine_outputs(result, cfg.out)
-    print(f"time: {result.meta['seconds']:.1f}s\nwrote {json_path} and {png_path}")
+    html = result.save_html(os.path.join(cfg.out, REPORT))
+    print(f"time: {result.meta['seconds']:.1f}s\nwrote {json_path}, {png_path} and {html} (open it in a browser: "
+          "the sites × buckets grid per lens, depth to correct)")
     return 0
 
 

@@ -1,5 +1,6 @@
 """`fusedlens steer`: add c · v to a residual site (activation addition) and generate with and without
-it side by side; or scan sites × coefficients for held-out perplexity, read-site projection and samples."""
+it side by side; or scan sites × coefficients for held-out perplexity, read-site projection and samples. Either
+way report.html in --out shows what ran (both, when both did)."""
 from __future__ import annotations
 
 import os
@@ -71,6 +72,7 @@ def parse_numbers(name: str, spec: str) -> list[float]:
 
 def main(args) -> int:
     from ..core.files import write_json
+    from ..report.page import REPORT, Vocab, write_page
     from ..report.steer import format_generation, format_scan_table, write_scan_outputs
     from .. import steer
     from ..steer.scan import DEFAULT_PROMPTS
@@ -123,7 +125,10 @@ def main(args) -> int:
         v = steer.check_vector(lm, vector, "vector_file")
         vecs = {s: v for s in want}
         source = {"vector_file": cfg.vector_file}
-    written = []
+    title = (f"ActAdd {cfg.plus!r} - {cfg.minus!r}" if cfg.plus is not None else
+             f"{cfg.kind} from {os.path.basename(cfg.directions)}" if cfg.directions else
+             os.path.basename(cfg.vector_file))
+    written, views, vocab = [], [], Vocab(lm.tokenizer)  # one page for the generation and the scan
     if cfg.prompt is not None:
         r = steer.generate(lm, cfg.prompt, vecs[cfg.site], cfg.site, cfg.coef, n_tokens=cfg.n_tokens,
                            positions=positions, sample=cfg.sample, seed=cfg.seed, temperature=cfg.temperature,
@@ -131,6 +136,7 @@ def main(args) -> int:
         r.meta.update(source=source, model=lm.describe())
         print(format_generation(r))
         written.append(r.save(os.path.join(cfg.out, "steer.json")))
+        views += r.views(vocab)
     if sites:
         r = steer.scan(lm, vecs, sites, coefs, corpus=corpus,
                        eval_tokens=cfg.eval_tokens, seq_len=cfg.seq_len, read_site=cfg.read_site, positions=positions,
@@ -139,13 +145,13 @@ def main(args) -> int:
                        batch_size=cfg.batch_size, progress=cfg.progress)
         r.meta.update(source=source, eval_corpus=cfg.eval_corpus, model=lm.describe())
         print(format_scan_table(r))
-        title = (f"ActAdd {cfg.plus!r} - {cfg.minus!r}" if cfg.plus is not None else
-                 f"{cfg.kind} from {os.path.basename(cfg.directions)}" if cfg.directions else
-                 os.path.basename(cfg.vector_file))
         written += write_scan_outputs(r, cfg.out, title=f"steering scan: {title}")
+        views += r.views(vocab)
+    written.append(write_page(os.path.join(cfg.out, REPORT), f"fusedlens steer: {title}", views, vocab,
+                              {"model": lm.describe()["model"], "vector": title}))
     written.append(os.path.join(cfg.out, "steer_config.json"))
     write_json({"config": dict(vars(cfg))}, written[-1])
-    print("wrote " + ", ".join(written))
+    print("wrote " + ", ".join(written) + f" (open {REPORT} in a browser)")
     return 0
 
 

@@ -1,7 +1,8 @@
 """`fusedlens tuned train|eval`: train a tuned lens on the pydoc corpus and compare it with the logit lens.
 
 The corpus is the embedded pydoc text; its last --eval-tokens tokens are held out from
-training and `eval` reads only those (the first --tokens of them).
+training and `eval` reads only those (the first --tokens of them). Each writes report.html where it writes
+its other files: train the loss curve, eval the per-site curves (and the loss curve of the lens' training).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class EvalCommand(CorpusOptions):
     ignore_unembed_hash: bool = option(False, "read a tuned lens trained for another unembedding (its unembed_hash differs)")
     tokens: int = option(2048, "held-out tokens to evaluate")
     seq_len: int = option(256, "tokens per sequence")
-    out: str | None = option(None, "where to write tuned_eval.json/png (default: the lens folder)")
+    out: str | None = option(None, "where to write tuned_eval.json/png and report.html (default: the lens folder)")
     backend: str | None = option(None, BACKEND_HELP, choices=BACKENDS)
 
 
@@ -51,6 +52,10 @@ def _split(lm, eval_tokens: int):
 
 
 def train_main(args) -> int:
+    import os
+
+    from ..report.page import REPORT, write_page
+    from ..report.tuned import tuned_train_views
     from ..tuned.lens import TunedLens
     from ..tuned.train import check_out_dir, read_state, train
 
@@ -67,11 +72,17 @@ def train_main(args) -> int:
     print(json.dumps({"out": cmd.out, "steps": len(history["loss"]), "tokens": history["tokens"],
                       "train_seconds": round(history["seconds"], 1), "first_loss": history["loss"][0],
                       "last_loss": history["loss"][-1], "compute": history.get("compute")}))
+    html = write_page(os.path.join(cmd.out, REPORT), "fusedlens tuned lens: training", tuned_train_views(history),
+                      meta={"model": lm.describe()["model"], "sites": len(lens.sites)})
+    print(f"wrote {html} (the loss curve; open it in a browser)")
     return 0
 
 
 def eval_main(args) -> int:
-    from ..report.tuned import format_tuned_table, write_tuned_report
+    import os
+
+    from ..report.page import REPORT, Vocab, write_page
+    from ..report.tuned import format_tuned_table, tuned_train_views, write_tuned_report
     from ..tuned.evaluate import evaluate
     from ..tuned.lens import TunedLens
 
@@ -94,8 +105,41 @@ def eval_main(args) -> int:
     print(f"\ntuned lens has lower held-out KL than the logit lens at {better} of {len(lens_sites)} sites")
     meta = {"model": lm.describe(), "lens": cmd.lens, "held_out_tokens": ids.numel(), "seq_len": cmd.seq_len}
     paths = write_tuned_report(rows, cmd.out or cmd.lens, meta, f"logit vs tuned lens, {ids.numel()} held-out tokens")
-    print("wrote " + " and ".join(paths))
+    rows.meta.update(model=lm.describe()["model"], lens=cmd.lens)
+    history = _history(cmd.lens)
+    vocab = Vocab(lm.tokenizer)
+    html = write_page(os.path.join(cmd.out or cmd.lens, REPORT), rows.html_title,
+                      rows.views(vocab) + _grids(lm, lens, ids[:GRID_TOKENS], cmd.seq_len).views(vocab)
+                      + (tuned_train_views(history) if history else []), vocab, meta=rows.meta)
+    print("wrote " + ", ".join(paths) + f" and {html} (open it in a browser)")
     return 0
+
+
+GRID_TOKENS = 256  # the held-out tokens whose grids the page shows, logit and tuned lens side by side
+
+
+def _grids(lm, lens, ids, seq_len: int):
+    """Both lenses over the same held-out tokens, to explore side by side (the same sites as the lens)."""
+    from ..lens import LensComparison, LogitLens
+
+    mid = any(s.startswith("mid.") for s in lens.sites)
+    logit = LogitLens(lm, k=5, mid=mid).run(ids, seq_len=seq_len)
+    tuned = LogitLens(lm, k=5, mid=mid, translate=lambda h: lens.translate_sites(h, logit.sites)).run(ids, seq_len=seq_len)
+    return LensComparison({"logit lens": logit, "tuned lens": tuned})
+
+
+def _history(lens_dir: str) -> dict | None:
+    """The training history kept in the lens folder's training state, if it has one (a lens from elsewhere
+    has none); the eval page replaces train's in that folder, so it shows the loss curve too."""
+    import os
+
+    from ..core.files import load_torch
+    from ..tuned.train import STATE_FILE
+
+    path = os.path.join(lens_dir, STATE_FILE)
+    state = load_torch("lens", path) if os.path.exists(path) else None
+    history = state.get("history") if isinstance(state, dict) else None
+    return history if isinstance(history, dict) and history.get("loss") else None
 
 
 def register(sub) -> None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..report.concepts import concepts_views
+from ..report.page import Viewable
 from .geometry import Geometry
 
 FORMAT = "fusedlens.ConceptsResult/1"
@@ -29,11 +31,11 @@ def _none_to_nan(x) -> torch.Tensor:
 
 
 @dataclass
-class ConceptsResult:
+class ConceptsResult(Viewable):
     """concepts: names in table order; pairs: per concept the used pairs ({x, y, ids, form}); skipped: the
     pairs left out and why; geometry: {"euclidean", "causal"} → Geometry; tied: how the embedding equals the
     unembedding ("same storage", "equal values") or None; directions: [concepts, d] the mean Δγ per
-    concept (not in the JSON; `torch.save` it)."""
+    concept (not in the JSON; `torch.save` it). `save_html(path)`: the cosine grids on an interactive page."""
 
     concepts: list[str]
     pairs: dict
@@ -45,6 +47,11 @@ class ConceptsResult:
     has_embedding: bool = True
     directions: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)
+
+    html_title = "fusedlens: concept geometry"
+
+    def views(self, vocab) -> list[dict]:
+        return concepts_views(self)
 
     @property
     def alignment_note(self) -> str:

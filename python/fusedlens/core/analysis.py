@@ -102,3 +102,8 @@ class CorpusAnalysis:
     def write(self, out: str, summary: dict) -> None:
         """Its output files in folder out (rank 0, after the sums are complete); summary: summary.json's
         content (summary["lens"] is "logit" or "tuned")."""
+
+    def views(self, summary: dict, vocab) -> list[dict]:
+        """Its part of the run's report.html (report.page views; vocab: the page's report.page.Vocab), after
+        `write`."""
+        return []

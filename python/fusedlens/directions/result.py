@@ -1,6 +1,6 @@
 """DirectionsResult: the vectors of every site, the class means, the facts behind them and the held-out
 scores; `.save(dir)` writes directions.pt (the contract other commands read: FORMAT) and
-directions.json; `.scan(lm, text)` is the LAT-style scan of a text."""
+directions.json; `.scan(lm, text)` is the LAT-style scan of a text; `.save_html(path)` the interactive page."""
 from __future__ import annotations
 
 import json
@@ -12,13 +12,18 @@ import torch
 from ..core.capture import ResidualCapture
 from ..core.files import load_torch
 from ..data.windows import tokenize
+from ..report.directions import directions_views
+from ..report.page import Viewable
 from .solve import KINDS, accuracy, auroc
 
 FORMAT = "fusedlens.directions/1"
 
 
 @dataclass
-class DirectionsResult:
+class DirectionsResult(Viewable):
+    """tokenizer: the model's (token strings on the page; not saved); scans: the outputs of `scan()` so far,
+    drawn on the page after the per-site curves."""
+
     model: str
     sites: list[str]
     vectors: dict[str, torch.Tensor]  # kind -> [S, d] float32, unit rows
@@ -31,6 +36,13 @@ class DirectionsResult:
     heldout: list[dict] = field(default_factory=list)  # per site: {kind: {accuracy, auroc}}, counts
     heldout_scores: torch.Tensor | None = None  # [S, kinds, rows] float64, rows in held-out pair order
     heldout_labels: torch.Tensor | None = None  # [rows] bool (True: positive)
+    tokenizer: object = field(default=None, repr=False, compare=False)
+    scans: list = field(default_factory=list, repr=False, compare=False)
+
+    html_title = "fusedlens: reading vectors"
+
+    def views(self, vocab) -> list[dict]:
+        return directions_views(self.to_dict(), self.scans, vocab)
 
     def stacked(self) -> torch.Tensor:
         """[S, kinds, d] float32 in KINDS order."""
@@ -111,7 +123,7 @@ class DirectionsResult:
     def scan(self, lm, text: str, kind: str = "mean_diff") -> dict:
         """LAT-style scan: every token of `text` at every site, its projection onto `kind`'s vector minus the
         training midpoint ("raw" [S, T]) and that in units of the half gap ("values": +1 at the positive
-        class mean, −1 at the negative one, 0 at the midpoint)."""
+        class mean, −1 at the negative one, 0 at the midpoint). Each scan is kept in `scans` for the page."""
         if kind not in KINDS:
             raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
         if not isinstance(text, str) or not text.strip():
@@ -129,4 +141,8 @@ class DirectionsResult:
         raw = torch.einsum("sd,std->st", v, res.hidden.double()).cpu() - self.midpoints()[:, k, None]
         gap = self.half_gaps()[:, k]
         scale = torch.where(gap > 0, gap, torch.ones_like(gap))
-        return {"kind": kind, "sites": list(self.sites), "ids": ids, "raw": raw, "values": raw / scale[:, None]}
+        out = {"kind": kind, "sites": list(self.sites), "ids": ids, "raw": raw, "values": raw / scale[:, None]}
+        self.scans.append(out)  # kept for the page (save_html)
+        if self.tokenizer is None:
+            self.tokenizer = lm.tokenizer
+        return out

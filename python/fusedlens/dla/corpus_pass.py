@@ -12,6 +12,7 @@ from ..core.analysis import CorpusAnalysis, CorpusBatch, CorpusPass
 from ..core.components import ComponentCapture, Frozen
 from ..core.fields import option
 from ..core.files import write_json
+from ..report.page import array
 from ..report.dla import plot_block_bars, plot_head_matrix
 from .attribution import component_names, contributions
 
@@ -91,3 +92,17 @@ class CorpusDLA(CorpusAnalysis):
         plot_block_bars(blocks.numpy(), os.path.join(out, "dla_blocks.png"),
                         f"mean direct effect of each block on the true next token (embed {float(m[0]):.2f}, "
                         f"bias {float(m[idx['bias']]):.2f})")
+
+    def views(self, summary: dict, vocab) -> list[dict]:
+        m = self.means()
+        L, H = self.lm.n_layers, self.capture.n_heads
+        idx = {n: j for j, n in enumerate(self.names)}
+        heads = torch.tensor([[float(m[idx[f"head.{i}.{h}"]]) for h in range(H)] for i in range(L)])
+        blocks = [n for n in self.names if not n.startswith("head.") and not n.startswith("neuron.")]
+        return [{"type": "heatmap", "title": f"mean direct effect of each head on the true next token ({self.tokens} "
+                 "tokens)", "rows": [str(i) for i in range(L)], "cols": [str(h) for h in range(H)],
+                 "row_title": "layer", "col_title": "head", "corner": "layer \\ head", "row_order": "up",
+                 "show_values": True,
+                 "layers": [{"name": "mean direct effect (logits)", "values": array(heads), "scale": "diverging"}]},
+                {"type": "bars", "title": "mean direct effect of each block on the true next token",
+                 "labels": blocks, "values": array(torch.stack([m[idx[n]] for n in blocks]))}]

@@ -9,12 +9,14 @@ import torch
 from .. import report
 from ..core.files import write_json
 from ..ops.logit_extremes import LogitExtremes
+from ..report.dla import default_kind, dla_views
+from ..report.page import Viewable
 
 FORMAT = "fusedlens.DLAResult/1"
 
 
 @dataclass
-class DLAResult:
+class DLAResult(Viewable):
     """Rows are the real positions of the prompts, in order (`batch_index` = prompt, `position`).
 
     components: names of the rows of every contribution tensor (dla.attribution.component_names);
@@ -26,7 +28,8 @@ class DLAResult:
     suppressed tokens of each of `extreme_components` at each row, [components, rows, k].
     sources[head][kind]: that head's effect split by source position, [rows, positions] (entry (t, s):
     what position s of the same prompt contributes through the head at t; each row sums to the head's
-    contrib; columns past a prompt's length are 0).
+    contrib; columns past a prompt's length are 0). tokenizer: the model's, set by the run that made it
+    (token strings in `save_html` and a notebook's display; not saved).
     """
 
     components: list[str]
@@ -41,6 +44,9 @@ class DLAResult:
     tokens: list[str] | None = None
     meta: dict = field(default_factory=dict)
     sources: dict = field(default_factory=dict)
+    tokenizer: object = field(default=None, repr=False, compare=False)
+
+    html_title = "fusedlens: direct logit attribution"
 
     @classmethod
     def concat(cls, names, parts: list[dict], extreme_names, tokenizer, model: dict) -> "DLAResult":
@@ -68,7 +74,11 @@ class DLAResult:
                 sources[head]["diff"] = sources[head]["answer"] - sources[head]["counterfactual"]
         return cls(list(names), **cat, targets=targets, contrib=contrib, logits=logits,
                    extreme_components=extreme_names, extremes=extremes, tokens=tokens, meta={"model": model},
-                   sources=sources)
+                   sources=sources, tokenizer=tokenizer)
+
+    def views(self, vocab, kind: str | None = None) -> list[dict]:
+        """The page of one target kind (default: diff, else answer, else top1; report.dla.dla_views)."""
+        return dla_views(self, vocab, kind or default_kind(self))
 
     @property
     def kinds(self) -> list[str]:

@@ -31,6 +31,8 @@ from ..core.attention_tap import AttentionTap
 from ..core.models import LensModel
 from ..core.structure import block_parts, first_tensor, n_heads, with_first
 from ..data.prompts import one_token
+from ..report.attribution import attribution_views
+from ..report.page import Viewable
 from .patching import METRICS, metric_of, prompt_ids
 from .qk_fix import key_fix, query_fix
 from .verify import verify as check_estimate
@@ -130,11 +132,12 @@ class _Nodes:
 
 
 @dataclass
-class AttributionResult:
+class AttributionResult(Viewable):
     """estimate[kind]: the method's score per node, in `patch`'s layout (atp: the signed metric change;
     atp*: GradDrop's magnitude); signed[kind]: the signed first-order estimate (QK-fixed for atp*);
     dropped[kind]: [L, ...] the signed estimate with each layer's gradient dropped (GradDrop only).
-    clean / corrupted: the metric on the two runs (averaged over the pairs)."""
+    clean / corrupted: the metric on the two runs (averaged over the pairs). `save_html` / a notebook: a tab
+    per kind with the estimate over (layer, position), the exact effect where verification measured it."""
 
     kinds: list[str]
     method: str
@@ -149,6 +152,11 @@ class AttributionResult:
     dropped: dict | None = None
     meta: dict = field(default_factory=dict)
     verification: dict | None = None  # per kind, from verify=k (intervene.verify)
+
+    html_title = "fusedlens: attribution patching"
+
+    def views(self, vocab) -> list[dict]:
+        return attribution_views(self, vocab)
 
     @property
     def magnitude_only(self) -> bool:

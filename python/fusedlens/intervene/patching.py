@@ -18,6 +18,8 @@ from ..core.capture import capture_residuals
 from ..core.components import ComponentCapture
 from ..core.models import LensModel
 from ..data.prompts import one_token
+from ..report.page import Viewable
+from ..report.patch import knockout_views, patch_views
 from .hooks import Edit, Intervention
 from .suffix import SuffixRuns
 
@@ -26,9 +28,10 @@ METRICS = ("logit_diff", "prob")
 
 
 @dataclass
-class PatchResult:
+class PatchResult(Viewable):
     """values[kind] / restored[kind]: [layers, positions] ([layers, heads, positions] for heads), the
-    metric with that cell patched and its restored fraction; positions are the corrupted prompt's."""
+    metric with that cell patched and its restored fraction; positions are the corrupted prompt's.
+    `save_html` / a notebook: a tab per kind with the restored fraction over (layer, position)."""
 
     kinds: list[str]
     positions: list[int]
@@ -40,6 +43,11 @@ class PatchResult:
     values: dict
     restored: dict
     meta: dict = field(default_factory=dict)
+
+    html_title = "fusedlens: activation patching"
+
+    def views(self, vocab) -> list[dict]:
+        return patch_views(self, vocab)
 
     def to_dict(self) -> dict:
         def nested(t):
@@ -192,8 +200,9 @@ def patch(lm: LensModel, clean, corrupted, answer, counterfactual=None, *, kinds
 
 
 @dataclass
-class KnockoutResult:
-    """metric[w] with the edges queries → keys cut in blocks windows[w] = [first, last]; drop = base − metric."""
+class KnockoutResult(Viewable):
+    """metric[w] with the edges queries → keys cut in blocks windows[w] = [first, last]; drop = base − metric.
+    tokens: the prompt's tokens as text (when the model has a tokenizer)."""
 
     windows: list[tuple[int, int]]
     queries: list[int]
@@ -202,11 +211,17 @@ class KnockoutResult:
     base: float
     metric: torch.Tensor
     drop: torch.Tensor
+    tokens: list[str] | None = None
+
+    html_title = "fusedlens: attention knockout"
+
+    def views(self, vocab) -> list[dict]:
+        return knockout_views(self, vocab)
 
     def to_dict(self) -> dict:
         return {"format": "fusedlens.KnockoutResult/1", "windows": self.windows, "queries": self.queries,
                 "keys": self.keys, "metric": self.metric_name, "base": self.base, "values": self.metric.tolist(),
-                "drop": self.drop.tolist()}
+                "drop": self.drop.tolist(), "tokens": self.tokens}
 
 
 @torch.no_grad()
@@ -255,7 +270,8 @@ def knockout(lm: LensModel, prompt, answer, counterfactual=None, *, keys, querie
         values.append(metric_of(_logits(lm, ids[None].expand(len(group), -1), edits)[:, -1], metric, a, b).cpu())
     values = torch.cat(values)
     base, values = float(values[0]), values[1:]
-    return KnockoutResult(windows, queries, keys, metric, base, values, base - values)
+    tokens = None if lm.tokenizer is None else [lm.tokenizer.decode([int(i)]) for i in ids]
+    return KnockoutResult(windows, queries, keys, metric, base, values, base - values, tokens)
 
 
 def check_causal_edges(keys: list[int], queries: list[int]) -> None:

@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 from .. import ops
 from ..core.capture import ResidualCapture, capture_residuals
 from ..core.models import LensModel
+from ..report.page import Viewable
+from ..report.patch import patchscope_views
 from .hooks import Edit, Intervention
 
 # The paper's prompts: few-shot copies (token identity) and few-shot descriptions (entity
@@ -29,13 +31,21 @@ TARGETS = {"identity": IDENTITY_PROMPT, "description": DESCRIPTION_PROMPT}
 
 
 @dataclass
-class PatchscopeResult:
+class PatchscopeResult(Viewable):
+    """Per source layer: the target run's generation and its lens top-1 at the patched position at every
+    target layer (`save_html` / a notebook: the table and the layer × layer grid of top-1 tokens)."""
+
     source_layers: list[int]
     target_layers: list[int]
     source_token: str
     generations: list[str]          # one per source layer
     lens_top1: list[list[str]]      # per source layer: the target's top-1 at the patched position, per target site
     meta: dict = field(default_factory=dict)
+
+    html_title = "fusedlens: patchscope"
+
+    def views(self, vocab) -> list[dict]:
+        return patchscope_views(self, vocab)
 
     def to_dict(self) -> dict:
         return {"format": "fusedlens.PatchscopeResult/1", **self.meta, "source_layers": self.source_layers,

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .. import ops
+from .. import ops, report
 from ..core.analysis import CorpusBatch, CorpusPass
 from ..core.backends import BACKEND_HELP, BACKENDS, COMPUTE_MODES
 from ..core.capture import ResidualCapture, parse_layers
@@ -240,4 +240,9 @@ def _finish(cfg, lm, sites, analyses, timers, rank, world, wall_seconds) -> dict
                    os.path.join(cfg.out, "throughput.json"))
         for a in analyses:
             a.write(cfg.out, summary)
+        vocab = report.Vocab(lm.tokenizer)
+        views = [v for a in analyses for v in a.views(summary, vocab)]
+        report.write_page(os.path.join(cfg.out, report.REPORT), f"fusedlens run: {summary['lens']} lens over "
+                          f"{summary['tokens']} tokens of {', '.join(map(str, cfg.corpus))}", views, vocab,
+                          {"model": summary["model"]["model"], "tokens": summary["tokens"], "processes": world})
     return summary

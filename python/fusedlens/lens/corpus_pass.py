@@ -59,7 +59,7 @@ class CorpusLens(CorpusAnalysis):
     name = "lens"
 
     def __init__(self, corpus_pass: CorpusPass, prompt: str | None):
-        self.corpus_pass, self.prompt = corpus_pass, prompt
+        self.corpus_pass, self.prompt, self.shown = corpus_pass, prompt, None
         self.aggregate = LensAggregate(corpus_pass.sites, corpus_pass.lm.vocab_size)
         self.pictures = PictureRows(corpus_pass.sites)
 
@@ -97,8 +97,22 @@ class CorpusLens(CorpusAnalysis):
         report.plot_layer_curves(summary["layers"], os.path.join(out, "layers.png"), title=title)
         if self.prompt:  # the grid of a prompt of the user's: its own forward, same capture and lens
             self.pictures.keep_prompt(self.corpus_pass, self.prompt)
-        shown = self.pictures.result()
+        shown = self.shown = self.pictures.result()
         if shown is not None:
             report.plot_lens_grid(shown, lm.tokenizer, os.path.join(out, "grid.png"), seq=0, max_positions=GRID_TOKENS,
                                   title=f"{lens} lens, the prompt: top-1 token per site (bold = true next token)")
             write_depth_html(shown, lm.tokenizer, os.path.join(out, "prediction_depth.html"), PASSAGE_TOKENS)
+
+    def views(self, summary: dict, vocab) -> list[dict]:
+        lens = f"{summary['lens']} lens"
+        out = [report.layer_curves_view(summary["layers"], f"{lens}, per site over all {summary['tokens']} tokens")]
+        if self.shown is not None:
+            what = "the prompt" if self.prompt else "the first tokens of the corpus"
+            self.shown.lens = lens
+            out.append(dict(report.lens_view({lens: self.shown}, vocab), title=f"{lens}, {what}: tokens × sites"))
+            depth = self.shown.stats.prediction_depth
+            out.append({"type": "tokens", "title": "prediction depth: the first site from which the top-1 stays the "
+                        "final top-1", "tokens": [vocab.text(i) for i in vocab.use(self.shown.input_ids)],
+                        "series": [{"name": "prediction depth (site index)", "values": report.array(depth),
+                                    "scale": "linear", "vmin": 0, "vmax": len(self.shown.sites) - 1}]})
+        return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -27,6 +27,7 @@ from ..data.prompts import input_sequences
 from ..data.windows import pad_right
 from ..ops.lens_stats import check_k
 from ..ops.stats import LensStats
+from ..report.page import Viewable
 from .aggregate import per_layer_summary
 
 FORMAT = "fusedlens.LensResult/1"
@@ -54,14 +55,15 @@ def _decode(d) -> torch.Tensor | None:
 
 
 @dataclass
-class LensResult:
+class LensResult(Viewable):
     """Lens statistics of every real token of a run, in input order.
 
     stats: `LensStats` of shape [sites, tokens] (`prediction_depth` [tokens]).
     input_ids / targets / batch_index / position: [tokens]; targets are the next
     token (IGNORE_INDEX, -100, at each sequence's last token); batch_index numbers the
     sequences after cutting to seq_len (it is the text's or row's index when
-    nothing was cut); position counts from 0 within each sequence.
+    nothing was cut); position counts from 0 within each sequence. tokenizer: the model's, when the
+    run that made it had one (token strings in `save_html` and a notebook's display; not saved).
     """
 
     sites: list[str]
@@ -70,6 +72,13 @@ class LensResult:
     targets: torch.Tensor
     batch_index: torch.Tensor
     position: torch.Tensor
+    lens: str = "logit lens"
+    tokenizer: object = field(default=None, repr=False, compare=False)
+
+    html_title = "fusedlens: lens"
+
+    def views(self, vocab) -> list[dict]:
+        return [dict(report.lens_view({self.lens: self}, vocab), title=f"{self.lens}: tokens × sites")]
 
     @property
     def n_tokens(self) -> int:
@@ -98,7 +107,8 @@ class LensResult:
             raise ValueError(f"seq: expected a sequence index in [0, {self.n_sequences}), got {i!r}")
         rows = (self.batch_index == i).nonzero()[:, 0]
         return LensResult(sites=list(self.sites), stats=self.stats.select(rows), input_ids=self.input_ids[rows],
-                          targets=self.targets[rows], batch_index=self.batch_index[rows], position=self.position[rows])
+                          targets=self.targets[rows], batch_index=self.batch_index[rows], position=self.position[rows],
+                          lens=self.lens, tokenizer=self.tokenizer)
 
     def to_dict(self) -> dict:
         """Every tensor, loadable by `from_dict`; the per-site summary rides along for readers."""
@@ -193,5 +203,23 @@ class LogitLens:
                                 ("batch_index", res.batch_index + first), ("position", res.position)):
                     fields[name].append(t.cpu())
                 bar.update(res.input_ids.numel())
-        return LensResult(sites=self.sites, stats=LensStats.cat(parts), **{k: torch.cat(v) for k, v in fields.items()})
+        return LensResult(sites=self.sites, stats=LensStats.cat(parts), **{k: torch.cat(v) for k, v in fields.items()},
+                          lens="logit lens" if self.translate is None else "tuned lens",
+                          tokenizer=getattr(self.lm, "tokenizer", None))
 
+
+
+class LensComparison(Viewable):
+    """Lens results of the same tokens side by side (e.g. {"logit lens": r, "tuned lens": t}): one grid each,
+    a token's curves from all of them; `save_html` and a notebook's display like a LensResult's."""
+
+    html_title = "fusedlens: lenses side by side"
+
+    def __init__(self, results: dict):
+        if not isinstance(results, dict) or not results or not all(isinstance(r, LensResult) for r in results.values()):
+            raise ValueError("results: expected a dict of name -> LensResult")
+        self.results = dict(results)
+        self.tokenizer = next((r.tokenizer for r in results.values() if r.tokenizer is not None), None)
+
+    def views(self, vocab) -> list[dict]:
+        return [dict(report.lens_view(self.results, vocab), title=" and ".join(self.results) + ": tokens × sites")]

@@ -23,6 +23,8 @@ from ..core.backends import pick_backend
 from ..core.capture import ResidualCapture, check_layers
 from ..core.models import LensModel, load_model
 from ..data.windows import corpus_ids, windows
+from ..report.page import Viewable
+from ..report.probe import probe_views
 from .classes import ClassScores
 from .folds import Folds
 from .rows import check_lags, lagged, parse_position_ranges, position_mask
@@ -32,10 +34,11 @@ from .user_targets import ParsedTargets, TargetFile, parse_target_file, read_tar
 
 
 @dataclass
-class ProbeResult:
+class ProbeResult(Viewable):
     """Per-site fit summaries of the numeric targets ([site][target] dicts from solve.cross_validate_parts),
     the class targets' held-out scores, and the run's facts. Every target name carries its lag:
-    'logit@lag-1' is the logit that position t−1 gave the token at t, probed from x_t."""
+    'logit@lag-1' is the logit that position t−1 gave the token at t, probed from x_t. `save_html(path)`
+    writes the interactive page (R² per site per target and lag; a notebook shows it inline)."""
 
     sites: list[str]
     targets: list[str]
@@ -43,6 +46,11 @@ class ProbeResult:
     n_layers: int
     meta: dict = field(default_factory=dict)
     classes: dict = field(default_factory=dict)  # 'label@lag0' -> {"classes": [...], "sites": [per-site dict]}
+
+    html_title = "fusedlens: ridge probes"
+
+    def views(self, vocab) -> list[dict]:
+        return probe_views(self)
 
     def rows(self) -> list[dict]:
         return [{"site": site, "targets": dict(zip(self.targets, per_target)),

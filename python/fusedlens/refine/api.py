@@ -16,6 +16,8 @@ from .. import ops
 from ..core.capture import ResidualCapture
 from ..core.models import LensModel, load_model
 from ..data.windows import corpus_ids, windows
+from ..report.page import Viewable
+from ..report.refine import refine_views
 from .aggregate import RefineSums
 from ..core.files import read_jsonl
 from .classes import class_map, read_class_map
@@ -24,12 +26,19 @@ from .frequency import DEFAULT_BUCKETS, TokenCounts, bucket_names, check_buckets
 
 
 @dataclass
-class RefineResult:
+class RefineResult(Viewable):
+    """Per lens, the shares and rates of RefineSums.summary; `save_html(path)` writes the interactive page."""
+
     sites: list[str]
     buckets: list[str]
     lenses: dict  # lens name -> RefineSums.summary(...)
     meta: dict = field(default_factory=dict)
     tasks: dict = field(default_factory=dict)  # lens name -> {"answers": ..., "choices": ...} (refine.tasks)
+
+    html_title = "fusedlens: guess then refine"
+
+    def views(self, vocab) -> list[dict]:
+        return refine_views(self)
 
     def to_json(self) -> dict:
         return {**self.meta, "sites": self.sites, "buckets": self.buckets, "lenses": self.lenses, "tasks": self.tasks}

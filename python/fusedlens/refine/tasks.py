@@ -1,6 +1,7 @@
-"""Seed 002's task probes, per site of a lens: multi-token answers (depth to the correct answer for
-an answer's first token against the rest, teacher-forced) and multiple choice (is the top-1 an option
-at all — the format — and is the most probable option, by token-set mass, the right one).
+"""The task probes of Gupta et al. 2025 (How Do LLMs Use Their Depth?), per site of a lens:
+multi-token answers (depth to the correct answer for an answer's first token against the rest,
+teacher-forced) and multiple choice (is the top-1 an option at all — the format — and is the most
+probable option, by token-set mass, the right one).
 
 answers JSONL: {"prompt": ..., "answer": ...} per line; choices JSONL: {"prompt": ..., "options":
 ["A", "B", ...], "answer": "B"} per line, each option one token of the model's vocabulary exactly as

@@ -1,5 +1,6 @@
 """Attribution patching (intervene.attribution) as a table, a heatmap per node kind, and, beside the
-exact grid, a scatter of estimate against exact effect per kind with the top nodes it missed."""
+exact grid, a scatter of estimate against exact effect per kind with the top nodes it missed; and the
+interactive page of an estimate, and `fusedlens patch`'s page of every method it ran."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,8 @@ import torch
 
 from ..core.files import write_json
 from .common import pyplot
+from .page import array
+from .patch import grid_labels, patch_views
 
 
 def _node(kind: str, index: list, positions: list, tokens: list) -> str:
@@ -111,3 +114,87 @@ def write_attribution_outputs(result, out_dir: str) -> list[str]:
     with open(table, "w") as f:
         f.write(format_attribution_table(result) + "\n")
     return [js, table, plot_attribution(result, os.path.join(out_dir, f"attribution_{name}.png"))]
+
+
+# ---- the interactive page (report/page.py draws it) ----
+MAX_ROWS = 512  # rows a grid draws whole; a larger one (neurons) draws the TOP_ROWS with the largest |estimate|
+TOP_ROWS = 64
+
+
+def verified_grid(result, kind: str):
+    """The exact effects that verification measured, in the estimate's layout (NaN where none ran)."""
+    v = (result.verification or {}).get(kind)
+    if not v:
+        return None
+    out = torch.full(tuple(result.estimate[kind].shape), float("nan"), dtype=torch.float64)
+    for node in v["top"] + v["sample"]:
+        out[tuple(node["index"])] = node["exact"]
+    return out
+
+
+def attribution_grid(result, kind: str, exact: dict | None = None) -> dict:
+    """One kind's heatmap over (layer(.unit), position): the estimate (and, for atp*, the signed one); the
+    tooltip adds the exact effect where verification (or an exact grid) measured it."""
+    est = result.estimate[kind]
+    labels = grid_labels(kind, est)
+    keep, note = list(range(len(labels))), ""
+    if len(labels) > MAX_ROWS:
+        keep = sorted(est.reshape(len(labels), -1).abs().amax(1).topk(TOP_ROWS).indices.tolist())
+        note = f"the {TOP_ROWS} of {len(labels)} rows with the largest |estimate| at some position"
+
+    def pick(t):
+        return t.reshape(len(labels), -1)[keep].double()
+
+    if result.magnitude_only:
+        layers = [{"name": "GradDrop magnitude", "values": array(pick(est)), "vmin": 0},
+                  {"name": "signed estimate", "values": array(pick(result.signed[kind])), "scale": "diverging"}]
+    else:
+        layers = [{"name": "estimated change", "values": array(pick(est)), "scale": "diverging"}]
+    tips = {}
+    verified = verified_grid(result, kind)
+    if verified is not None:
+        tips["exact (verified)"] = array(pick(verified))
+    if exact is not None and kind in exact:
+        layers.append({"name": "exact effect (patched)", "values": array(pick(exact[kind])), "scale": "diverging"})
+        tips["exact effect"] = layers[-1]["values"]
+    return {"type": "heatmap", "title": f"{kind}: {layers[0]['name']} of {result.metric}", "note": note or None,
+            "rows": [labels[i] for i in keep], "cols": [result.tokens[p] for p in result.positions],
+            "row_title": "layer" if est.dim() == 2 else "unit", "col_title": "position",
+            "corner": f"{kind} \\ position", "page": 48, "tall_cols": True, "show_values": True, "value_digits": 2,
+            "layers": layers, "tips": tips}
+
+
+def verification_table(result) -> dict | None:
+    if not result.verification:
+        return None
+    return {"type": "table", "title": "verification: nodes patched exactly",
+            "head": ["kind", "nodes", "top", "sampled", "sampled misses", "threshold", "miss rate ≤ (95 %)",
+                     "missed nodes ≤"],
+            "rows": [[k, v["nodes"], len(v["top"]), len(v["sample"]), v["sampled_misses"], v["threshold"],
+                      v["miss_rate_bound"], v["missed_nodes_bound"]] for k, v in result.verification.items()]}
+
+
+def attribution_views(result, vocab=None, exact: dict | None = None) -> list[dict]:
+    """A tab per kind (the estimate over layer × position, patch's layout), and the verification table.
+    exact: kind -> exact effects in the same layout (a PatchResult's values − corrupted), drawn beside."""
+    what = "GradDrop magnitude" if result.magnitude_only else "estimated change"
+    note = (f"{result.method}: {what} of {result.metric} (clean {result.clean:.4f}, corrupted {result.corrupted:.4f}, "
+            f"{result.meta.get('pairs')} pair(s)); hover a cell for the exact effect where it was measured")
+    views = [{"type": "tabs", "title": f"attribution patching ({result.method})", "note": note,
+              "tabs": [{"label": kind, "views": [attribution_grid(result, kind, exact)]} for kind in result.kinds]}]
+    table = verification_table(result)
+    return views + ([table] if table else [])
+
+
+def patch_page_views(exact, estimates: list, comparison: dict | None = None, vocab=None) -> list[dict]:
+    """`fusedlens patch`'s page: a tab per method (exact, atp, atp*), and the estimates against the exact grid."""
+    effects = None if exact is None else {k: v - exact.corrupted for k, v in exact.values.items()}
+    tabs = ([{"label": "exact", "views": patch_views(exact, vocab)}] if exact is not None else []) + \
+        [{"label": e.method, "views": attribution_views(e, vocab, effects)} for e in estimates]
+    views = tabs[0]["views"] if len(tabs) == 1 else [{"type": "tabs", "tabs": tabs}]
+    if comparison:
+        views = views + [{"type": "table", "title": "estimates against the exact grid",
+                          "head": ["method", "kind", "nodes", "Pearson", "Spearman", "true top", "missed"],
+                          "rows": [[m, k, c["nodes"], c["pearson"], c["spearman"], c["top"], len(c["missed"])]
+                                   for m, by_kind in comparison.items() for k, c in by_kind.items()]}]
+    return views

@@ -10,6 +10,7 @@ import torch
 
 from ..core.files import write_json
 from .common import pyplot
+from .page import array
 
 
 def _f(v: float) -> str:
@@ -98,3 +99,45 @@ def write_concepts_outputs(result, out_dir: str, name: str = "concepts", title: 
         torch.save({"concepts": result.concepts, "directions": result.directions}, base + "_directions.pt")
         out.append(base + "_directions.pt")
     return out
+
+
+# ---- the interactive page (report/page.py draws it) ----
+def concepts_views(result) -> list[dict]:
+    """The concept × concept grid of mean pair cosines (diagonal: within-concept consistency) and of the
+    concept directions, Euclidean and causal (switchable; click a cell for its pairs), the per-concept table
+    and the skipped pairs."""
+    names, n = result.concepts, result.n_pairs()
+    eu, ca = result.geometry["euclidean"], result.geometry["causal"]
+
+    def pairs_table(c):
+        return {"title": f"{c}: {n[c]} pairs", "head": ["x", "y"],
+                "rows": [[{"t": p["x"]}, {"t": p["y"]}] for p in result.pairs[c]]}
+
+    details = {f"{i},{j}": {"title": f"{a} × {b}" if i != j else f"{a} (within)",
+                            "tables": [pairs_table(a)] + ([pairs_table(b)] if i != j else [])}
+               for i, a in enumerate(names) for j, b in enumerate(names)}
+    layers = [{"name": f"mean pair cosine, {label}", "values": array(g.pairs), "scale": "diverging"}
+              for g, label in ((eu, "Euclidean"), (ca, "causal"))]
+    layers += [{"name": f"cosine of the concept directions, {label}", "values": array(g.directions),
+                "scale": "diverging"} for g, label in ((eu, "Euclidean"), (ca, "causal"))]
+    s = result.summary()
+    views = [{"type": "heatmap", "title": "concept × concept: cosines of unembedding differences Δγ",
+              "rows": [f"{c} ({n[c]})" for c in names], "cols": names, "row_title": "concept",
+              "col_title": "concept", "corner": "", "show_values": True, "tall_cols": True, "layers": layers,
+              "details": details,
+              "note": "diagonal: within-concept consistency (each pair against the concept's other pairs); "
+                      "within / between means: "
+                      + "; ".join(f"{k} {s[k]['within_mean']:.3f} / {s[k]['between_mean']:.3f}"
+                                  for k in ("euclidean", "causal"))
+                      + ". Click a cell for its pairs."},
+             {"type": "table", "title": "per concept", "head": ["concept", "pairs", "within (Euclidean)",
+                                                                "within (causal)", "alignment (Euclidean)",
+                                                                "alignment (causal)"],
+              "rows": [[c, n[c], float(eu.within[i]), float(ca.within[i]), float(eu.alignment[i]),
+                        float(ca.alignment[i])] for i, c in enumerate(names)],
+              "note": f"alignment: {result.alignment_note}. Inner product: {result.inner_product}"}]
+    if result.skipped:
+        views.append({"type": "table", "title": f"skipped pairs ({len(result.skipped)})",
+                      "head": ["concept", "x", "y", "why"],
+                      "rows": [[p["concept"], {"t": p["x"]}, {"t": p["y"]}, p["reason"]] for p in result.skipped]})
+    return views

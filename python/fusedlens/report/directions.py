@@ -4,6 +4,7 @@ and tensors `DirectionsResult.to_dict()` / `.scan()` give; imports no analysis."
 from __future__ import annotations
 
 from .common import pyplot, token_strings
+from .page import array
 
 KIND_LABELS = {"mean_diff": "difference of means", "pca": "PCA of paired differences (RepE)",
                "lda": "Fisher / LDA (ridge)"}
@@ -82,3 +83,50 @@ def plot_scan(scan: dict, tokenizer, path: str, title: str | None = None, limit:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ---- the interactive page (report/page.py draws it) ----
+SCAN_LIMIT = 2.0  # colour saturates at twice the half gap: past either class mean
+
+
+def directions_views(d: dict, scans=(), vocab=None) -> list[dict]:
+    """Held-out accuracy and AUROC per site of each kind (lines), the per-site facts (table), and each scan
+    of a text as tokens coloured by the projection at a chosen site (the best site first) and as a
+    sites × tokens grid. d: `DirectionsResult.to_dict()`; scans: `DirectionsResult.scan()` outputs."""
+    x = [r["site"] for r in d["sites"]]
+    chance = {"name": "chance", "y": [0.5] * len(x), "colour": "#999"}
+    views = [{"type": "lines", "title": f"held-out {label} per site", "x": x, "ymin": 0, "ymax": 1,
+              "series": [{"name": KIND_LABELS.get(k, k), "y": [r.get(k, {}).get(metric) for r in d["sites"]]}
+                         for k in d["kinds"]] + [chance]}
+             for metric, label in (("accuracy", "accuracy"), ("auroc", "AUROC"))]
+    views[0]["note"] = (f"{d.get('n_pairs_train')} training / {d.get('n_pairs_heldout')} held-out pairs, position "
+                        f"{d['position']}; accuracy: the sign of v·x − the training midpoint")
+    views.append({"type": "table", "title": "per site", "head": ["site", "rows +", "rows −", "|μ+ − μ−|",
+                                                                 "PCA explained", "covariance rank"],
+                  "rows": [[r["site"], r.get("n_pos"), r.get("n_neg"), r.get("mean_diff_norm"), r.get("pca_explained"),
+                            r.get("cov_rank")] for r in d["sites"]]})
+    for scan in scans:
+        views += scan_views(d, scan, vocab)
+    return views
+
+
+def scan_views(d: dict, scan: dict, vocab) -> list[dict]:
+    """One LAT scan: (v·h − midpoint) / half gap per token (+1 = the positive class mean, −1 the negative)."""
+    kind, sites = scan["kind"], scan["sites"]
+    tokens = [vocab.text(i) for i in vocab.use(scan["ids"])]
+    acc = [r.get(kind, {}).get("accuracy") for r in d["sites"]]
+    best = max(range(len(sites)), key=lambda i: (acc[i] is not None, acc[i] or 0, -i))
+    label = KIND_LABELS.get(kind, kind)
+    values = scan["values"].double()
+    return [{"type": "tokens", "title": f"scan with {label}: the text at one site", "tokens": tokens,
+             "select_label": "site", "selected": best,
+             "series": [{"name": s, "values": array(values[i]), "scale": "diverging", "vmin": -SCAN_LIMIT,
+                         "vmax": SCAN_LIMIT} for i, s in enumerate(sites)],
+             "note": f"red: towards the positive class mean (+1), blue: the negative (−1); shown first: "
+                     f"{sites[best]}, the best held-out accuracy"},
+            {"type": "heatmap", "title": f"scan with {label}: sites × tokens", "rows": sites, "cols": tokens,
+             "row_order": "up", "row_title": "site", "col_title": "token", "corner": "site \\ token", "page": 40,
+             "show_values": True,
+             "layers": [{"name": "(v·h − midpoint) / half gap", "values": array(values), "scale": "diverging",
+                         "vmin": -SCAN_LIMIT, "vmax": SCAN_LIMIT},
+                        {"name": "v·h − midpoint", "values": array(scan["raw"].double()), "scale": "diverging"}]}]

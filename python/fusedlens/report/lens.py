@@ -4,7 +4,10 @@ from __future__ import annotations
 import math
 import warnings
 
+import torch
+
 from .common import pyplot, token_strings
+from .page import array, probabilities
 
 COLUMNS = (("kl_to_final", "KL(final‖layer) nats"), ("top1_agreement", "top-1 = final top-1"),
            ("next_token_accuracy", "next-token accuracy"), ("entropy", "entropy nats"))
@@ -102,3 +105,47 @@ def plot_lens_grid(result, tokenizer, path: str, seq: int = 0, max_positions: in
         fig.suptitle(title or f"logit lens, sequence {seq}: top-1 token per site (bold = true next token)")
         fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ---- the interactive grid (report/page.py draws it) ----
+REPORT_TOKENS = 2048  # tokens a page shows per lens: a 2,048-token run whole, a few MB
+TOPK_SHOWN = 5
+
+
+def lens_view(lenses: dict, vocab, max_tokens: int = REPORT_TOKENS, page: int = 24) -> dict:
+    """The tokens × sites grid of one or more lens results over the same tokens (logit and tuned lens side by
+    side), colour switchable between the final top-1's rank, the next token's probability, entropy and KL;
+    each cell's tooltip holds that site's top tokens and probabilities."""
+    first = next(iter(lenses.values()))
+    n = min(first.n_tokens, max_tokens)
+    for name, r in lenses.items():
+        if r.sites != first.sites or not torch.equal(r.input_ids[:n], first.input_ids[:n]):
+            raise ValueError(f"lenses: {name!r} read other sites or tokens than {next(iter(lenses))!r}")
+    view = {"type": "lens", "sites": list(first.sites), "page": page,
+            "tokens": [vocab.text(i) for i in vocab.use(first.input_ids[:n])],
+            "next": [vocab.text(i) if i >= 0 else "–" for i in vocab.use(first.targets[:n])], "lenses": []}
+    for name, r in lenses.items():
+        st = r.stats
+        k = min(TOPK_SHOWN, st.topk_ids.shape[-1])
+        ids = st.topk_ids[:, :n, :k].contiguous()
+        probs = torch.exp(st.topk_logits[:, :n, :k].double() - st.lse[:, :n, None].double())
+        vocab.use(ids)
+        layers = [{"name": "rank of the final top-1", "values": array(st.final_top1_rank[:, :n]), "scale": "log", "unit": "rank"}]
+        if st.target_logprob is not None:
+            layers.append({"name": "p(next token)", "values": probabilities(torch.exp(st.target_logprob[:, :n].double())),
+                           "vmin": 0, "vmax": 1, "unit": "probability"})
+        layers += [{"name": "entropy (nats)", "values": array(st.entropy[:, :n]), "unit": "nats"},
+                   {"name": "KL to the final site (nats)", "values": array(st.kl_to_final[:, :n]), "unit": "nats"}]
+        view["lenses"].append({"name": name, "grid": {
+            "layers": layers, "cell_text_topk": True,
+            "topk": {"ids": array(ids, "i32"), "probs": probabilities(probs), "k": k}}})
+    if first.n_tokens > n:
+        view["note"] = f"the first {n} of {first.n_tokens} tokens"
+    return view
+
+
+def layer_curves_view(rows: list[dict], title: str = "per site, over all tokens") -> dict:
+    """The per-site summary rows (format_table's) as curves over the sites."""
+    keys = [(k, label) for k, label in COLUMNS if k in rows[0]] + _probe_columns(rows[0])
+    return {"type": "lines", "title": title, "x": [r["site"] for r in rows], "ymin": 0,
+            "series": [{"name": label, "y": [r[k] for r in rows]} for k, label in keys]}

@@ -92,3 +92,47 @@ def write_probe_outputs(result, out_dir: str, name: str = "probe") -> tuple[str,
                                           f"{meta.get('train_tokens')} train / {meta.get('heldout_tokens')} held-out "
                                           f"tokens, lag{'s' if len(lags) > 1 else ''} {', '.join(map(str, lags))}")
     return json_path, png_path
+
+
+# ---- the interactive page (report/page.py draws it) ----
+FIT_HEAD = ["site", "n train", "rank", "λ", "α", "R² train", "R² val", "R² held-out"]
+
+
+def probe_views(result) -> list[dict]:
+    """Held-out R² per site of every target (lag included), each target's train / validation / held-out
+    curves and fit facts in a tab, the class targets' held-out accuracy and macro-F1, and the claims."""
+    x, views = list(result.sites), []
+    if result.targets:
+        views.append({"type": "lines", "title": "held-out R² per site", "x": x, "ymax": 1,
+                      "ylabel": "R² on the held-out tokens",
+                      "series": [{"name": t, "y": [f[j]["r2_heldout"] for f in result.fits]}
+                                 for j, t in enumerate(result.targets)],
+                      "note": "one curve per target and lag: 'logit@lag-1' is the logit position t−1 gave the "
+                              "token at t, probed from x_t (logprob and loss have the same R²: their curves "
+                              "coincide)"})
+        tabs = []
+        for j, t in enumerate(result.targets):
+            fits = [f[j] for f in result.fits]
+            tabs.append({"label": t, "views": [
+                {"type": "lines", "x": x, "ymax": 1, "ylabel": "R²",
+                 "series": [{"name": name, "y": [f[key] for f in fits]} for key, name in
+                            (("r2_train", "train"), ("r2_val", f"validation ({result.meta.get('folds', '?')}-fold)"),
+                             ("r2_heldout", "held-out"))]},
+                {"type": "table", "head": FIT_HEAD,
+                 "rows": [[s] + [f[k] for k in ("n_train", "rank", "lam", "alpha", "r2_train", "r2_val", "r2_heldout")]
+                          for s, f in zip(x, fits)]}]})
+        views.append({"type": "tabs", "title": "each target: train, validation and held-out R², the penalty chosen",
+                      "tabs": tabs})
+    if result.classes:
+        views.append({"type": "lines", "title": "class targets: held-out accuracy and macro-F1 per site", "x": x,
+                      "ymin": 0, "ymax": 1,
+                      "series": [{"name": f"{name}: {label}", "y": [s[key] for s in c["sites"]]}
+                                 for name, c in result.classes.items()
+                                 for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))],
+                      "note": "the argmax of a one-hot ridge probe; classes: " + "; ".join(
+                          f"{name}: {', '.join(map(str, c['classes']))}" for name, c in result.classes.items())})
+    claims = result.claims() if result.targets else []
+    if claims:
+        views.append({"type": "table", "title": "claims", "head": ["statement", "holds", "min held-out R²"],
+                      "rows": [[c["statement"], "yes" if c["holds"] else "no", c["min_r2_heldout"]] for c in claims]})
+    return views

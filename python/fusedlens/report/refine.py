@@ -9,6 +9,7 @@ import torch
 
 from ..core.files import write_json
 from .common import pyplot
+from .page import array
 
 
 def format_refine_table(result) -> str:
@@ -164,3 +165,72 @@ def write_refine_outputs(result, out_dir: str, name: str = "refine") -> tuple[st
         plot_refine_tasks(result, os.path.join(out_dir, f"{name}_tasks.png"), title=f"answers and multiple choice, "
                                                                                   f"{model}")
     return json_path, png_path
+
+
+# ---- the interactive page (report/page.py draws it) ----
+def _nan(rows):
+    """None (a bucket with no top-1 at a site) as NaN, so the grid shows it as no value."""
+    return [[float("nan") if v is None else v for v in r] for r in rows]
+
+
+def refine_views(result) -> list[dict]:
+    """Top-1 share per bucket per site of every lens in one chart; per lens a sites × buckets grid (top-1
+    share, mass, refine rates; switchable), the corpus' own bucket shares and depth to correct; the tasks."""
+    lenses, names = list(result.lenses), result.buckets
+    views = [{"type": "lines", "title": "share of top-1 predictions in each frequency bucket, per site",
+              "x": result.sites, "ymin": 0, "ymax": 1,
+              "series": [{"name": f"{lens}: {name}" if len(lenses) > 1 else name,
+                          "y": [row[b] for row in result.lenses[lens]["top1_share"]]}
+                         for lens in lenses for b, name in enumerate(names)],
+              "note": f"buckets are ranks of the tokens' corpus frequency ({names[0]}: the most frequent); "
+                      "early sites guess frequent tokens, later ones refine"}]
+    tabs = []
+    for lens in lenses:
+        s = result.lenses[lens]
+        grid = {"type": "heatmap", "title": f"{lens} lens: site × bucket", "rows": s["sites"], "cols": names,
+                "row_order": "up", "row_title": "site", "col_title": "bucket", "corner": "site \\ bucket",
+                "show_values": True, "tall_cols": True, "layers": [
+                    {"name": "share of top-1 in the bucket", "values": array(s["top1_share"]), "vmin": 0, "vmax": 1},
+                    {"name": "mean probability mass on the bucket", "values": array(s["mass"]), "vmin": 0, "vmax": 1},
+                    {"name": "refined: final top-1 differs", "values": array(_nan(s["final_differs_rate"])),
+                     "vmin": 0, "vmax": 1},
+                    {"name": "top-1 changes at a later site", "values": array(_nan(s["changes_later_rate"])),
+                     "vmin": 0, "vmax": 1}],
+                "note": "the refine rates count the tokens whose top-1 at this site is in the bucket"}
+        corpus = {"type": "bars", "title": "the corpus' next tokens by bucket", "labels": names,
+                  "values": s["target_share"]}
+        by_class = {"all tokens": {"hist": s["depth_to_correct_hist"], "tokens": s["tokens"],
+                                   "never_correct_share": s["never_correct_share"]}, **s.get("depth_by_class", {})}
+        depth = {"type": "lines", "title": "depth to the correct answer: share of tokens right by each site",
+                 "x": s["sites"], "ymin": 0, "ymax": 1,
+                 "series": [{"name": f"{name} ({c['tokens']})", "y": _right_by_site(c)}
+                            for name, c in by_class.items()],
+                 "note": "right from this site on: the top-1 is the true next token here and at every later site; "
+                         "never right: " + ", ".join(f"{name} {c['never_correct_share'] or 0:.3f}"
+                                                     for name, c in by_class.items())}
+        tabs.append({"label": f"{lens} lens", "views": [grid, corpus, depth]})
+    if result.tasks:
+        tabs.append({"label": "answers and multiple choice", "views": _task_views(result)})
+    views.append({"type": "tabs", "tabs": tabs})
+    return views
+
+
+def _task_views(result) -> list[dict]:
+    out, answers, choices = [], [], []
+    for lens, t in result.tasks.items():
+        for kind in ("first_token", "later_tokens") if "answers" in t else ():
+            a = t["answers"][kind]
+            answers.append({"name": f"{lens}: answer's {kind.replace('_', ' ')} ({a['tokens']})",
+                            "y": _right_by_site(a)})
+        if "choices" in t:
+            c = t["choices"]
+            choices += [{"name": f"{lens}: top-1 is an option", "y": c["format_share"]},
+                        {"name": f"{lens}: most probable option is right", "y": c["answer_share"]}]
+    if answers:
+        out.append({"type": "lines", "title": "answer tokens right by each site (teacher-forced)", "x": result.sites,
+                    "ymin": 0, "ymax": 1, "series": answers})
+    if choices:
+        n = next(t["choices"]["prompts"] for t in result.tasks.values() if "choices" in t)
+        out.append({"type": "lines", "title": f"multiple choice ({n} prompts), per site", "x": result.sites,
+                    "ymin": 0, "ymax": 1, "series": choices})
+    return out

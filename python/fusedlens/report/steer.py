@@ -4,11 +4,13 @@ mean projection at the read site."""
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import textwrap
 
 from ..core.files import write_json
 from .common import pyplot
+from .page import array
 
 
 def side_by_side(left: str, right: str, titles=("without", "with"), width: int = 48) -> str:
@@ -99,3 +101,58 @@ def write_scan_outputs(result, out_dir: str, prefix: str = "steer_scan", title: 
     with open(txt, "w") as f:
         f.write(format_scan_table(result) + "\n\n" + format_scan_samples(result) + "\n")
     return [json_path, png, txt]
+
+
+# ---- the interactive page (report/page.py draws it) ----
+def _parted_at(a: list[int], b: list[int]) -> int | None:
+    """The first generated token where two runs differ (None: the same tokens)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
+
+
+def generation_views(result) -> list[dict]:
+    """The unsteered and the steered continuation side by side, and the run's settings."""
+    at = _parted_at(result.unsteered_ids, result.steered_ids)
+    decoding = "greedy" if not result.meta.get("sample") else f"sampled, seed {result.meta.get('seed')}"
+    return [{"type": "samples", "title": f"prompt: {result.prompt}",
+             "columns": [{"title": "unsteered", "texts": [result.unsteered]},
+                         {"title": f"steered: {result.coef:+g} × v at {result.site}", "texts": [result.steered]}],
+             "note": "the same tokens: the vector changed nothing here" if at is None else
+             f"the two continuations part at generated token {at}; {decoding}"},
+            {"type": "table", "title": "settings", "head": ["site", "coefficient", "|v|", "positions", "decoding",
+                                                            "tokens"],
+             "rows": [[result.site, result.coef, result.meta.get("vector_norm"), str(result.meta.get("positions")),
+                       decoding, len(result.steered_ids)]]}]
+
+
+def steer_scan_views(result) -> list[dict]:
+    """The sites × coefficients grids of perplexity ratio and read-site projection (click a cell: its samples
+    beside the unsteered ones), and every cell's samples side by side, one tab per site."""
+    ratio, proj = result.ppl_ratio.double(), result.projection.double()
+    cols = [f"{c:+g}" for c in result.coefs]
+    details = {f"{i},{j}": {"title": f"{s}, coefficient {c:+g}: perplexity × {float(ratio[i, j]):.3f}, projection "
+                                     f"{float(proj[i, j]):+.3f}",
+                            "tables": [{"title": "samples", "head": ["prompt", "unsteered", "steered"],
+                                        "rows": [[p, result.base_samples[k], result.samples[k][i][j]]
+                                                 for k, p in enumerate(result.prompts)]}]}
+               for i, s in enumerate(result.sites) for j, c in enumerate(result.coefs)}
+    common = {"type": "heatmap", "rows": result.sites, "cols": cols, "row_title": "site", "col_title": "coefficient",
+              "corner": "site \\ c", "details": details, "tips": {"perplexity": array(result.ppl.double()),
+                                                                  "perplexity ratio": array(ratio),
+                                                                  f"projection at {result.read_site}": array(proj)}}
+    views = [dict(common, title="held-out perplexity / unsteered (click a cell for its samples)",
+                  cell_text=[f"{float(v):.2f}" for v in ratio.reshape(-1)],
+                  layers=[{"name": "log₂ perplexity ratio", "values": array(ratio.log2()), "scale": "diverging"}],
+                  note=f"unsteered perplexity {result.base_ppl:.3f} over {result.meta.get('predicted_tokens')} "
+                       "tokens; red: the vector makes the text less likely"),
+             dict(common, title=f"mean projection at {result.read_site} onto the read direction", show_values=True,
+                  layers=[{"name": f"projection − unsteered ({result.base_projection:+.3f})",
+                           "values": array(proj - result.base_projection), "scale": "diverging"}])]
+    if not all(math.isfinite(float(v)) for v in ratio.reshape(-1)):
+        views[0]["note"] += "; grey: no finite perplexity"
+    views.append({"type": "tabs", "title": "samples per site: unsteered and every coefficient side by side",
+                  "tabs": [{"label": s, "views": [{"type": "samples", "columns": [
+                      {"title": "unsteered", "texts": list(result.base_samples)}] + [
+                      {"title": f"{c:+g}", "texts": [result.samples[k][i][j] for k in range(len(result.prompts))]}
+                      for j, c in enumerate(result.coefs)], "note": "prompts: " + " | ".join(result.prompts)}]}
+                           for i, s in enumerate(result.sites)]})
+    return views

@@ -47,3 +47,35 @@ def write_tuned_report(rows: list[dict], out_dir: str, meta: dict, title: str) -
     write_json({**meta, "layers": rows}, json_path)
     plot_tuned_eval(rows, png_path, title)
     return json_path, png_path
+
+
+# ---- the interactive page (report/page.py draws it) ----
+def _log_range(values) -> dict:
+    """A log axis from half the smallest positive value (the chart's own floor, 1e-6, would squash the curves)."""
+    positive = [v for v in values if v is not None and 0 < v < float("inf")]
+    return {"log": True, **({"ymin": min(positive) / 2} if positive else {})}
+
+
+def tuned_eval_views(rows: list[dict]) -> list[dict]:
+    """Per site, logit lens against tuned lens: KL to the final layer (log scale; the final site, 0 by
+    definition, left out), the next token's cross-entropy, and top-1 agreement with the final layer."""
+    def series(key, shown):
+        return [{"name": f"{name} lens", "y": [r[f"{key}_{name}"] for r in shown]} for name in LENSES]
+
+    better = sum(r["kl_bits_tuned"] < r["kl_bits_logit"] for r in rows[:-1])
+    kl = series("kl_bits", rows[:-1])
+    return [{"type": "lines", "title": "KL(final ‖ lens), bits per token", "x": [r["site"] for r in rows[:-1]],
+             **_log_range([v for s in kl for v in s["y"]]), "series": kl,
+             "note": f"the tuned lens is closer to the final layer at {better} of {len(rows) - 1} sites"},
+            {"type": "lines", "title": "cross-entropy of the next token, bits", "x": [r["site"] for r in rows],
+             "series": series("ce_bits", rows)},
+            {"type": "lines", "title": "top-1 agreement with the final layer", "x": [r["site"] for r in rows],
+             "ymin": 0, "ymax": 1, "series": series("top1_agreement", rows)}]
+
+
+def tuned_train_views(history: dict) -> list[dict]:
+    """The training loss (mean KL to the final layer per site, nats) at every step."""
+    loss = history["loss"]
+    return [{"type": "lines", "title": "training: mean KL(final ‖ tuned lens) per site, nats",
+             "x": list(range(1, len(loss) + 1)), **_log_range(loss), "series": [{"name": "loss", "y": loss}],
+             "note": f"{len(loss)} steps, {history.get('tokens', 0)} tokens, {history.get('seconds', 0):.1f} s"}]

@@ -8,11 +8,15 @@ import torch
 
 from ..core.models import LensModel
 from ..intervene import generate as generate_with
+from ..report.page import Viewable
+from ..report.steer import generation_views
 from .vectors import check_coef, check_vector, steer_edit
 
 
 @dataclass
-class SteerGeneration:
+class SteerGeneration(Viewable):
+    """`save_html(path)`: the two continuations side by side on a page."""
+
     prompt: str
     site: str
     coef: float
@@ -21,6 +25,11 @@ class SteerGeneration:
     unsteered_ids: list[int]
     steered_ids: list[int]
     meta: dict = field(default_factory=dict)
+
+    html_title = "fusedlens: steering"
+
+    def views(self, vocab) -> list[dict]:
+        return generation_views(self)
 
     def to_dict(self) -> dict:
         return {"format": "fusedlens.SteerGeneration/1", **self.meta, "prompt": self.prompt, "site": self.site,

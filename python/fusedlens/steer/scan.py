@@ -23,6 +23,8 @@ from ..core.models import LensModel
 from ..data.windows import batched, corpus_ids, pad_right, split_tail, windows
 from ..intervene import Intervention
 from ..intervene import generate as generate_with
+from ..report.page import Viewable
+from ..report.steer import steer_scan_views
 from .generate import _decode, check_fits, check_sampling, generator, prompt_ids
 from .vectors import check_coef, check_site, check_vector, steer_edit, unit
 
@@ -30,9 +32,9 @@ DEFAULT_PROMPTS = ("I hate you because", "Yesterday my friend and I went to the"
 
 
 @dataclass
-class ScanResult:
+class ScanResult(Viewable):
     """ppl / projection: float64 [sites, coefs]; base_*: the unsteered run's; samples[p]: per prompt,
-    the unsteered text and [sites][coefs] steered texts."""
+    the unsteered text and [sites][coefs] steered texts. `save_html(path)`: the grids and samples on a page."""
 
     sites: list[str]
     coefs: list[float]
@@ -45,6 +47,11 @@ class ScanResult:
     base_samples: list[str]
     samples: list[list[list[str]]]
     meta: dict = field(default_factory=dict)
+
+    html_title = "fusedlens: steering scan"
+
+    def views(self, vocab) -> list[dict]:
+        return steer_scan_views(self)
 
     @property
     def ppl_ratio(self) -> torch.Tensor:

@@ -16,14 +16,30 @@ from ..core.capture import ResidualCapture
 from ..core.models import LensModel
 from ..data.windows import windows
 from ..lens import LensAggregate
+from ..report.page import Viewable
+from ..report.tuned import tuned_eval_views
 from .lens import TunedLens
 
 LN2 = math.log(2)
 LENSES = ("logit", "tuned")
 
 
+class TunedEval(list, Viewable):
+    """evaluate()'s rows, one dict per site (a plain list to every reader), with the run's facts in `meta`
+    and `save_html(path)`: the per-site curves of both lenses on an interactive page."""
+
+    html_title = "fusedlens: logit lens vs tuned lens"
+
+    def __init__(self, rows=(), meta: dict | None = None):
+        super().__init__(rows)
+        self.meta = dict(meta or {})
+
+    def views(self, vocab) -> list[dict]:
+        return tuned_eval_views(self)
+
+
 def evaluate(lm: LensModel, lens: TunedLens, ids: torch.Tensor, *, seq_len: int = 256, backend: str | None = None,
-             progress: bool = False) -> list[dict]:
+             progress: bool = False) -> TunedEval:
     """Mean per-site statistics over held-out ids (1-D), cut into sequences of seq_len tokens."""
     from tqdm.auto import tqdm
 
@@ -50,4 +66,4 @@ def evaluate(lm: LensModel, lens: TunedLens, ids: torch.Tensor, *, seq_len: int 
             row[f"ce_bits_{name}"] = -r["target_logprob"] / LN2
             row[f"top1_agreement_{name}"] = r["top1_agreement"]
         rows.append(row)
-    return rows
+    return TunedEval(rows, {"held_out_tokens": int(ids.numel()), "seq_len": seq_len})
