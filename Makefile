@@ -10,7 +10,7 @@ install:
 		SUDO=; if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi; \
 		echo "apt-get install chromium chromium-driver"; \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
 	fi
 	$(PIP) torch==2.13.0
 	# torch on the line again: nothing in requirements.txt (selenium, the notebooks' nbclient and ipykernel, ...) may replace it
