@@ -285,5 +285,7 @@ def test_bf16_compute_on_the_real_model(real_lm):
         kl.sum().backward()
         runs[compute] = kl.detach(), x.grad
     (kl32, g32), (kl16, g16) = runs["fp32"], runs["bf16"]
-    assert float(((kl16 - kl32).abs() / kl32.clamp_min(1e-2)).max()) < 0.05
+    # bf16 operands move each site's KL in proportion to it: over 29 pydoc windows the largest relative move
+    # was 3.7 % (median 1.6 %, Zen 4 with its own and with AVX2 kernels), and one CI draw reached 5.4 %
+    assert float(((kl16 - kl32).abs() / kl32.clamp_min(1e-2)).max()) < 0.08
     assert rel_err(g16, g32.double()) < 0.05
