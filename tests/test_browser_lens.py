@@ -152,3 +152,22 @@ def test_the_demo_report_on_smollm2(browser, real_lm, tmp_path):
         lines = tooltip_text(browser).split("\n")
         top1 = lines[lines.index("#\ttoken\tp") + 1].split("\t")[1]
         assert top1 == shown(real_lm.tokenizer.decode([int(want.stats.topk_ids[site, col, 0])]))
+
+
+def test_lenses_side_by_side_page_together(browser, saved, tmp_path):
+    """Two grids of the same tokens (LensComparison): one pager moves both, each cell keeps its own lens' tooltip."""
+    from fusedlens.lens import LensComparison
+
+    _, json_path, tok = saved
+    r = LensResult.load_json(json_path)
+    r.tokenizer = tok
+    page = LensComparison({"logit lens": r, "second": r}).save_html(str(tmp_path / "both.html"))
+    assert console_errors(open_page(browser, page)) == []
+    grids = browser.find_elements("css selector", ".fl-lens")
+    assert len(grids) == 2
+    grids[0].find_element("css selector", "button.fl-next").click()
+    firsts = [g.find_element("css selector", "th.fl-col").get_attribute("data-c") for g in grids]
+    assert firsts == ["12", "12"]  # 24 tokens a page, shared by two grids
+    hover(browser, grids[1].find_element("css selector", 'td.fl-cell[data-r="2"][data-c="13"]'))
+    lines = tooltip_text(browser).split("\n")
+    assert lines[lines.index("#\ttoken\tp") + 1].split("\t")[1] == shown(tok.decode([int(r.stats.topk_ids[2, 13, 0])]))

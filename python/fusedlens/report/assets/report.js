@@ -152,7 +152,7 @@
     let pager = null;
     if (C > page) {
       pager = el("input", { type: "range", min: 0, max: C - page, step: 1, value: 0, class: "fl-pager",
-        oninput: e => { start = +e.target.value; draw(); } });
+        oninput: e => { start = +e.target.value; paged(); } });
       controls.append(el("button", { text: "◀", class: "fl-prev", onclick: () => move(-page) }), pager,
         el("button", { text: "▶", class: "fl-next", onclick: () => move(page) }));
     }
@@ -162,7 +162,10 @@
     const legend = el("div", { class: "fl-legend" });
     const detail = el("div", { class: "fl-detail" });
     root.append(controls, grid, legend, detail);
-    function move(d) { start = Math.max(0, Math.min(C - page, start + d)); if (pager) pager.value = start; draw(); }
+    function move(d) { start = Math.max(0, Math.min(C - page, start + d)); if (pager) pager.value = start; paged(); }
+    // grids side by side (ctx.syncPage) page together
+    function paged() { if (ctx.syncPage) ctx.syncPage(start); else draw(); }
+    if (ctx.registerPager) ctx.registerPager(s => { start = s; if (pager) pager.value = s; draw(); });
 
     function tipFor(r, c) {
       const idx = r * C + c, l = layers[layer];
@@ -322,7 +325,10 @@
   // ---- the lens: one heatmap per lens (side by side), a token's per-site curves on click ----
   function lens(v, ctx) {
     const curves = el("div", { class: "fl-curves" });
+    const pagers = [];
     const inner = Object.assign({}, ctx, {
+      registerPager: f => pagers.push(f),
+      syncPage: start => pagers.forEach(f => f(start)),
       onColumn: (hv, c) => {
         // the clicked token's values at every site, one chart per unit (rank, probability, nats)
         const S = v.sites.length, T = v.tokens.length, units = {};
@@ -345,7 +351,9 @@
       } });
     const maps = v.lenses.map(L => el("div", { class: "fl-lens" }, el("h4", { text: L.name }),
       heatmap(Object.assign({ rows: v.sites, cols: v.tokens, row_order: "up", row_title: "site", col_title: "token", cols_across: true,
-        page: v.page, corner: "site \\ token", id: "lens-" + L.name }, L.grid), inner)));
+        // side by side: each grid pages fewer tokens so that both fit across the window
+        page: v.lenses.length > 1 ? Math.max(8, Math.floor(v.page / v.lenses.length)) : v.page,
+        corner: "site \\ token", id: "lens-" + L.name }, L.grid), inner)));
     return el("div", {}, el("div", { class: "fl-lenses" }, ...maps),
       el("p", { class: "fl-hint", text: "Hover a cell for that site's top tokens; click a token (column head) for its curves over the sites." }), curves);
   }
