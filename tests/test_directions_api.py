@@ -244,7 +244,8 @@ def test_bad_input_is_one_line(tmp_path):
             directions(lm, progress=False, **kw)
 
 
-def test_cli_writes_everything_and_bad_input_exits_2(tmp_path, model_dir, capsys):
+def run_cli_with_scan(model_dir, tmp_path):
+    """`fusedlens directions` on 10 random pairs with a PCA scan of a short text; returns its output folder."""
     from fusedlens.cli import main
 
     path = tmp_path / "pairs.jsonl"
@@ -252,6 +253,13 @@ def test_cli_writes_everything_and_bad_input_exits_2(tmp_path, model_dir, capsys
     out = tmp_path / "out"
     assert main(["directions", "--model", model_dir, "--pairs", str(path), "--out", str(out), "--scan-text",
                  "good and bad", "--scan-kind", "pca", "--heldout", "0.3", "--no-progress"]) == 0
+    return out
+
+
+def test_cli_writes_everything_and_bad_input_exits_2(tmp_path, model_dir, capsys):
+    from fusedlens.cli import main
+
+    out = run_cli_with_scan(model_dir, tmp_path)
     for name in ("directions.pt", "directions.json", "directions.png", "directions_scan.png"):
         assert (out / name).stat().st_size > 0, name
     assert "held-out accuracy" in capsys.readouterr().out

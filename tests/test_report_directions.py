@@ -6,11 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from fusedlens.cli import main
 from fusedlens.directions import KINDS, directions
 from fusedlens.report.directions import KIND_LABELS, SCAN_LIMIT
 from fusedlens.report.page import REPORT, Vocab
-from test_directions_api import TOK, random_pairs, tiny_lm
+from test_directions_api import TOK, random_pairs, run_cli_with_scan, tiny_lm
 from test_report_page import decode, page_data
 from test_report_probe import by_title
 
@@ -65,11 +64,7 @@ def test_no_scan_no_tokens():
 
 
 def test_cli_writes_the_report_with_the_scan(model_dir, tmp_path, capsys):
-    path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in random_pairs(10)))
-    out = tmp_path / "out"
-    assert main(["directions", "--model", model_dir, "--pairs", str(path), "--out", str(out), "--scan-text",
-                 "good and bad", "--scan-kind", "pca", "--heldout", "0.3", "--no-progress"]) == 0
+    out = run_cli_with_scan(model_dir, tmp_path)
     assert str(out / REPORT) in capsys.readouterr().out
     data = page_data((out / REPORT).read_text())
     tokens = by_title(data["views"], "scan with PCA of paired differences (RepE): the text")

@@ -78,11 +78,16 @@ class CorpusDLA(CorpusAnalysis):
     def means(self) -> torch.Tensor:
         return self.sums / max(self.tokens, 1)
 
-    def write(self, out: str, summary: dict) -> None:
+    def _by_name(self) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """The means, each component's index in them, and the heads' means as [layers, heads]."""
         m = self.means()
         L, H = self.lm.n_layers, self.capture.n_heads
         idx = {n: j for j, n in enumerate(self.names)}
-        heads = torch.tensor([[float(m[idx[f"head.{i}.{h}"]]) for h in range(H)] for i in range(L)])
+        return m, idx, torch.tensor([[float(m[idx[f"head.{i}.{h}"]]) for h in range(H)] for i in range(L)])
+
+    def write(self, out: str, summary: dict) -> None:
+        m, idx, heads = self._by_name()
+        L = self.lm.n_layers
         blocks = torch.tensor([[float(m[idx[f"attn.{i}"]]), float(m[idx[f"mlp.{i}"]])] for i in range(L)])
         write_json({"tokens": self.tokens, "target": "the true next token",
                     "mean_logit": float(self.logit_sum) / max(self.tokens, 1),
@@ -94,10 +99,8 @@ class CorpusDLA(CorpusAnalysis):
                         f"bias {float(m[idx['bias']]):.2f})")
 
     def views(self, summary: dict, vocab) -> list[dict]:
-        m = self.means()
-        L, H = self.lm.n_layers, self.capture.n_heads
-        idx = {n: j for j, n in enumerate(self.names)}
-        heads = torch.tensor([[float(m[idx[f"head.{i}.{h}"]]) for h in range(H)] for i in range(L)])
+        m, idx, heads = self._by_name()
+        L, H = heads.shape
         blocks = [n for n in self.names if not n.startswith("head.") and not n.startswith("neuron.")]
         return [{"type": "heatmap", "title": f"mean direct effect of each head on the true next token ({self.tokens} "
                  "tokens)", "rows": [str(i) for i in range(L)], "cols": [str(h) for h in range(H)],

@@ -23,9 +23,13 @@ ASSETS = Path(__file__).with_name("assets")
 REPORT = "report.html"
 
 
+def _tensor(values) -> torch.Tensor:
+    return values.detach().cpu() if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
+
+
 def array(values, dtype: str = "f32") -> dict:
     """A numeric array for a view: flattened, little-endian float32 or int32, base64 (NaN survives)."""
-    t = values.detach().cpu() if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
+    t = _tensor(values)
     np_dtype = {"f32": "<f4", "i32": "<i4"}[dtype]
     data = np.ascontiguousarray(t.reshape(-1).double().numpy().astype(np_dtype))
     return {"b64": base64.b64encode(data.tobytes()).decode("ascii"), "dtype": dtype}
@@ -34,7 +38,7 @@ def array(values, dtype: str = "f32") -> dict:
 def probabilities(values) -> dict:
     """Probabilities in [0, 1] to 1/65534, NaN kept as 65535 (half the bytes of float32: tooltips show four
     decimals)."""
-    t = (values.detach().cpu() if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))).double()
+    t = _tensor(values).double()
     q = torch.round(t.clamp(0, 1).reshape(-1) * 65534)
     q[torch.isnan(t.reshape(-1))] = 65535
     data = q.numpy().astype("<u2")
