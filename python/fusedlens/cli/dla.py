@@ -64,7 +64,7 @@ def main(args) -> int:
     import os
 
     from ..dla import direct_logit_attribution, parse_components
-    from ..report.dla import format_dla_table, write_dla_outputs
+    from ..report.dla import default_kind, format_dla_table, write_dla_outputs
     from ..report.page import REPORT, Vocab, write_page
 
     cfg = from_args(DLAConfig, args)
@@ -79,7 +79,7 @@ def main(args) -> int:
     sources = [h.strip() for h in cfg.sources.split(",") if h.strip()] if cfg.sources else []
     result = direct_logit_attribution(lm, prompts, components, answer=answer, counterfactual=counter, k=cfg.k,
                                       backend=cfg.backend, sources=sources)
-    kind = "diff" if counter is not None else "answer" if answer is not None else "top1"
+    kind = default_kind(result)
     print(format_dla_table(result, kind, cfg.top, lm.tokenizer))
     paths = write_dla_outputs(result, cfg.out, kind, lm.tokenizer, cfg.top)
     vocab = Vocab(lm.tokenizer)

@@ -121,10 +121,11 @@ GRID_TOKENS = 256  # the held-out tokens whose grids the page shows, logit and t
 def _grids(lm, lens, ids, seq_len: int):
     """Both lenses over the same held-out tokens, to explore side by side (the same sites as the lens)."""
     from ..lens import LensComparison, LogitLens
+    from ..report.lens import TOPK_SHOWN
 
     mid = any(s.startswith("mid.") for s in lens.sites)
-    logit = LogitLens(lm, k=5, mid=mid).run(ids, seq_len=seq_len)
-    tuned = LogitLens(lm, k=5, mid=mid, translate=lambda h: lens.translate_sites(h, logit.sites)).run(ids, seq_len=seq_len)
+    logit = LogitLens(lm, k=TOPK_SHOWN, mid=mid).run(ids, seq_len=seq_len)
+    tuned = LogitLens(lm, k=TOPK_SHOWN, mid=mid, translate=lambda h: lens.translate_sites(h, logit.sites)).run(ids, seq_len=seq_len)
     return LensComparison({"logit lens": logit, "tuned lens": tuned})
 
 

@@ -13,7 +13,7 @@ from ..core.components import ComponentCapture, Frozen
 from ..core.fields import option
 from ..core.files import write_json
 from ..report.page import array
-from ..report.dla import plot_block_bars, plot_head_matrix
+from ..report.dla import head_heatmap, plot_block_bars, plot_head_matrix
 from .attribution import component_names, contributions
 
 
@@ -100,12 +100,8 @@ class CorpusDLA(CorpusAnalysis):
 
     def views(self, summary: dict, vocab) -> list[dict]:
         m, idx, heads = self._by_name()
-        L, H = heads.shape
         blocks = [n for n in self.names if not n.startswith("head.") and not n.startswith("neuron.")]
-        return [{"type": "heatmap", "title": f"mean direct effect of each head on the true next token ({self.tokens} "
-                 "tokens)", "rows": [str(i) for i in range(L)], "cols": [str(h) for h in range(H)],
-                 "row_title": "layer", "col_title": "head", "corner": "layer \\ head", "row_order": "up",
-                 "show_values": True,
-                 "layers": [{"name": "mean direct effect (logits)", "values": array(heads), "scale": "diverging"}]},
+        return [head_heatmap(heads, f"mean direct effect of each head on the true next token ({self.tokens} tokens)",
+                             "mean direct effect (logits)", row_order="up"),
                 {"type": "bars", "title": "mean direct effect of each block on the true next token",
                  "labels": blocks, "values": array(torch.stack([m[idx[n]] for n in blocks]))}]

@@ -208,7 +208,6 @@ class LogitLens:
                           tokenizer=getattr(self.lm, "tokenizer", None))
 
 
-
 class LensComparison(Viewable):
     """Lens results of the same tokens side by side (e.g. {"logit lens": r, "tuned lens": t}): one grid each,
     a token's curves from all of them; `save_html` and a notebook's display like a LensResult's."""

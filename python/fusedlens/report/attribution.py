@@ -10,7 +10,7 @@ import torch
 from ..core.files import write_json
 from .common import pyplot
 from .page import array
-from .patch import grid_labels, patch_views
+from .patch import grid_labels, patch_views, position_heatmap
 
 
 def _node(kind: str, index: list, positions: list, tokens: list) -> str:
@@ -157,11 +157,9 @@ def attribution_grid(result, kind: str, exact: dict | None = None) -> dict:
     if exact is not None and kind in exact:
         layers.append({"name": "exact effect (patched)", "values": array(pick(exact[kind])), "scale": "diverging"})
         tips["exact effect"] = layers[-1]["values"]
-    return {"type": "heatmap", "title": f"{kind}: {layers[0]['name']} of {result.metric}", "note": note or None,
-            "rows": [labels[i] for i in keep], "cols": [result.tokens[p] for p in result.positions],
-            "row_title": "layer" if est.dim() == 2 else "unit", "col_title": "position",
-            "corner": f"{kind} \\ position", "page": 48, "tall_cols": True, "show_values": True, "value_digits": 2,
-            "layers": layers, "tips": tips}
+    return position_heatmap(kind, [labels[i] for i in keep], [result.tokens[p] for p in result.positions],
+                            "layer" if est.dim() == 2 else "unit", layers, tips,
+                            title=f"{kind}: {layers[0]['name']} of {result.metric}", note=note or None)
 
 
 def verification_table(result) -> dict | None:

@@ -145,19 +145,24 @@ def _details(result, names: dict, kind: str, rows: list[int], vocab) -> dict:
             for key, name in names.items() if name in result.extreme_components}
 
 
+def head_heatmap(m, title: str, value_name: str, **extra) -> dict:
+    """A [layers, heads] matrix of mean direct effects as a layer × head heatmap (diverging colours)."""
+    n_layers, n_heads = m.shape
+    return {"type": "heatmap", "title": title, "rows": [str(i) for i in range(n_layers)],
+            "cols": [str(h) for h in range(n_heads)], "row_title": "layer", "col_title": "head",
+            "corner": "layer \\ head", "show_values": True,
+            "layers": [{"name": value_name, "values": array(m), "scale": "diverging"}], **extra}
+
+
 def head_view(result, kind: str, rows: list[int], vocab) -> dict:
     """The layer × head heatmap of the heads' mean direct effect; a click shows the head's extreme tokens."""
     m = result.head_matrix(kind)
     n_layers, n_heads = m.shape
     names = {f"{i},{h}": f"head.{i}.{h}" for i in range(n_layers) for h in range(n_heads)}
-    return {"type": "heatmap", "title": f"each head's mean direct effect on {kind}",
-            "rows": [str(i) for i in range(n_layers)], "cols": [str(h) for h in range(n_heads)],
-            "row_title": "layer", "col_title": "head", "corner": "layer \\ head", "show_values": True,
-            "value_digits": 2, "layers": [{"name": f"mean direct effect on {kind}", "values": array(m),
-                                          "scale": "diverging"}],
-            "details": _details(result, names, kind, rows, vocab),
-            "note": "click a head for the tokens it promotes and suppresses" if result.extremes is not None
-            else "no extreme tokens (k=0)"}
+    return head_heatmap(m, f"each head's mean direct effect on {kind}", f"mean direct effect on {kind}",
+                        value_digits=2, details=_details(result, names, kind, rows, vocab),
+                        note="click a head for the tokens it promotes and suppresses" if result.extremes is not None
+                        else "no extreme tokens (k=0)")
 
 
 def block_view(result, kind: str, rows: list[int], vocab) -> dict:

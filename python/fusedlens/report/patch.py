@@ -106,16 +106,23 @@ def grid_labels(kind: str, grid) -> list[str]:
     return layers if grid.dim() == 2 else [f"{layer}.{u}" for layer in layers for u in range(grid.shape[1])]
 
 
+def position_heatmap(kind: str, rows: list[str], columns: list[str], row_title: str, layers: list[dict],
+                     tips: dict, **extra) -> dict:
+    """A kind's heatmap over (layer(.unit), position), the prompt's tokens as columns (patching's and
+    attribution patching's grids)."""
+    return {"type": "heatmap", **extra, "rows": rows, "cols": columns, "row_title": row_title, "col_title": "position",
+            "corner": f"{kind} \\ position", "page": 48, "tall_cols": True, "show_values": True, "value_digits": 2,
+            "layers": layers, "tips": tips}
+
+
 def patch_grid(kind: str, restored, values, columns: list[str], metric: str) -> dict:
     """One kind's (layer, position) heatmap of the restored fraction; the tooltip adds the patched metric."""
     labels = grid_labels(kind, restored)
     flat_r, flat_v = restored.reshape(len(labels), -1), values.reshape(len(labels), -1)
     lim = max(1.0, float(flat_r.nan_to_num().abs().max()))
-    return {"type": "heatmap", "rows": labels, "cols": columns, "row_title": "head" if restored.dim() == 3 else "layer",
-            "col_title": "position", "corner": f"{kind} \\ position", "page": 48, "tall_cols": True,
-            "show_values": True, "value_digits": 2,
-            "layers": [{"name": "restored fraction", "values": array(flat_r), "scale": "diverging", "vmin": -lim,
-                        "vmax": lim}], "tips": {f"{metric} patched": array(flat_v)}}
+    return position_heatmap(kind, labels, columns, "head" if restored.dim() == 3 else "layer",
+                            [{"name": "restored fraction", "values": array(flat_r), "scale": "diverging", "vmin": -lim,
+                              "vmax": lim}], {f"{metric} patched": array(flat_v)})
 
 
 def patch_views(result, vocab=None) -> list[dict]:
